@@ -1,0 +1,117 @@
+"""Checkpoint stores: where a job records what its sinks hold and what the source was told.
+
+The file store writes ``<state_dir>/<job>.json`` with write, fsync, rename and a directory
+fsync, so a crash leaves either the old or the new checkpoint, never a torn one. A
+checkpoint never moves backwards: saving a lower source position is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import orjson
+
+from cdc.errors import CheckpointError
+from cdc.events import Position
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The acknowledged source position and each sink's durable position."""
+
+    source: Position
+    sinks: dict[str, Position] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "source": self.source.to_json(),
+                "sinks": {name: p.to_json() for name, p in self.sinks.items()},
+            },
+            option=orjson.OPT_INDENT_2,
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str) -> Checkpoint:
+        try:
+            doc = orjson.loads(data)
+            return cls(
+                Position.from_json(doc["source"]),
+                {name: Position.from_json(p) for name, p in doc.get("sinks", {}).items()},
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, CheckpointError) as err:
+            raise CheckpointError(f"{where}: unreadable checkpoint ({err}); move it away to start over") from err
+
+
+class CheckpointStore(Protocol):
+    """Durable per-job checkpoints."""
+
+    def load(self, job: str) -> Checkpoint | None:
+        """The last saved checkpoint of `job`, or None if it never saved one."""
+        ...
+
+    def save(self, job: str, checkpoint: Checkpoint) -> None:
+        """Persist durably before returning; refuse to move the source position backwards."""
+        ...
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new content."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (new, renamed files) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileCheckpointStore:
+    """Checkpoints as JSON files in one directory (the config's ``state_dir``)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._saved: dict[str, Position] = {}
+
+    def path(self, job: str) -> Path:
+        return self.state_dir / f"{job}.checkpoint.json"
+
+    def load(self, job: str) -> Checkpoint | None:
+        path = self.path(job)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise CheckpointError(f"{path}: cannot read checkpoint: {err.strerror}") from err
+        return Checkpoint.from_json(data, str(path))
+
+    def save(self, job: str, checkpoint: Checkpoint) -> None:
+        previous = self._saved.get(job)
+        if previous is None:
+            loaded = self.load(job)
+            previous = loaded.source if loaded is not None else None
+        if previous is not None and checkpoint.source < previous:
+            raise CheckpointError(
+                f"job {job}: refusing to move the checkpoint back from {previous} to {checkpoint.source}"
+            )
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.path(job), checkpoint.to_json())
+            self._saved[job] = checkpoint.source
+        except OSError as err:
+            raise CheckpointError(f"{self.path(job)}: cannot write checkpoint: {err.strerror}") from err

@@ -1,0 +1,215 @@
+"""Configuration: one YAML file, many jobs, validated by pydantic.
+
+Every key is documented in README.md ("Configuration reference"). Unknown keys are
+rejected; every error names the file, the line and the key. ``${VAR}`` and
+``${VAR:-default}`` in string values are replaced from the environment before
+validation. DSNs are `SecretStr`: redacted in ``repr`` and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from cdc.errors import ConfigError
+
+_NAME = r"^[a-z0-9_]{1,63}$"
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TablesConfig(_Strict):
+    """Which tables a job captures: ``schema.table`` glob patterns."""
+
+    include: list[str] = Field(default_factory=lambda: ["public.*"], min_length=1)
+    exclude: list[str] = Field(default_factory=list)
+
+
+class PostgresSourceConfig(_Strict):
+    type: Literal["postgres"]
+    dsn: SecretStr
+    slot: str = Field(pattern=_NAME)
+    publication: str = Field(pattern=_NAME)
+    status_interval_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    connect_timeout_s: int = Field(default=10, ge=1)
+
+
+class FileSinkConfig(_Strict):
+    type: Literal["file"]
+    name: str | None = None
+    path: Path
+    max_segment_bytes: ByteSize = ByteSize(64 << 20)
+    fsync: bool = True
+
+
+SourceConfig = Annotated[PostgresSourceConfig, Field(discriminator="type")]
+SinkConfig = Annotated[FileSinkConfig, Field(discriminator="type")]
+
+
+class PipelineConfig(_Strict):
+    max_batch_events: int = Field(default=50_000, ge=1)
+    max_batch_bytes: ByteSize = ByteSize(64 << 20)
+    max_wait_ms: int = Field(default=500, ge=1)
+    max_buffered_batches: int = Field(default=4, ge=1)
+    max_buffered_bytes: ByteSize = ByteSize(256 << 20)
+
+
+class RetryConfig(_Strict):
+    initial_backoff_s: float = Field(default=1.0, gt=0)
+    max_backoff_s: float = Field(default=60.0, gt=0)
+    max_attempts: int | None = Field(default=None, ge=1)
+
+
+class JobConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    source: SourceConfig
+    tables: TablesConfig = Field(default_factory=TablesConfig)
+    snapshot: Literal["initial", "never", "initial_only"] = "never"
+    sinks: list[SinkConfig] = Field(min_length=1)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> JobConfig:
+        if self.snapshot != "never":
+            raise ValueError(
+                f"snapshot: {self.snapshot} is not available in this version yet; use snapshot: never "
+                "(the stream starts at the slot's position)"
+            )
+        names = [s.name for s in self.sinks if s.name is not None]
+        if len(names) != len(set(names)):
+            raise ValueError("sink names must be unique within a job")
+        return self
+
+    def sink_names(self) -> list[str]:
+        """Each sink's name: its `name`, else its type, numbered when a type repeats."""
+        counts: dict[str, int] = {}
+        for s in self.sinks:
+            counts[s.type] = counts.get(s.type, 0) + 1
+        seen: dict[str, int] = {}
+        out = []
+        for s in self.sinks:
+            if s.name is not None:
+                out.append(s.name)
+                continue
+            seen[s.type] = seen.get(s.type, 0) + 1
+            out.append(s.type if counts[s.type] == 1 else f"{s.type}-{seen[s.type]}")
+        return out
+
+
+class Config(_Strict):
+    state_dir: Path = Path("./.cdc-state")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    shutdown_grace_s: float = Field(default=10.0, gt=0)
+    jobs: list[JobConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_jobs(self) -> Config:
+        names = [j.name for j in self.jobs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"job names must be unique: {', '.join(dupes)} repeats")
+        return self
+
+
+def load_config(path: Path, environ: dict[str, str] | None = None) -> Config:
+    """Read, interpolate and validate a config file; raise `ConfigError` naming file and line."""
+    env = dict(os.environ) if environ is None else environ
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config: {err.strerror}") from err
+    return parse_config(text, str(path), env)
+
+
+def parse_config(text: str, where: str, env: dict[str, str]) -> Config:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ConfigError(f"{where}: the file is empty; it needs at least a 'jobs:' list")
+        lines: dict[tuple[str | int, ...], int] = {}
+        _index(node, (), lines, where, env)
+        data = loader.construct_document(node)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{where}{line}: invalid YAML: {problem}") from err
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}:1: the top level must be a mapping with a 'jobs:' list")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ConfigError(_describe(first, lines, where, len(err.errors()))) from err
+
+
+def _index(node: yaml.Node, path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int], where: str,
+           env: dict[str, str]) -> None:
+    """Record the line of every key and list item; interpolate ``${VAR}`` in string scalars."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else str(k.start_mark)
+            lines[(*path, key)] = k.start_mark.line + 1
+            _index(v, (*path, key), lines, where, env)
+            lines[(*path, key)] = k.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index(item, (*path, i), lines, where, env)
+    elif isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:str" and "${" in node.value:
+        node.value = _interpolate(node.value, env, f"{where}:{node.start_mark.line + 1}")
+
+
+def _interpolate(value: str, env: dict[str, str], where: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: environment variable {name} is not set (use ${{{name}:-default}} for a default)")
+
+    return _INTERPOLATION.sub(sub, value)
+
+
+def _describe(error: Any, lines: dict[tuple[str | int, ...], int], where: str, count: int) -> str:
+    loc: tuple[str | int, ...] = tuple(error["loc"])
+    # Discriminated unions add the tag ('postgres', 'file') to the path: drop it.
+    clean = tuple(p for p in loc if not (isinstance(p, str) and p in ("postgres", "file")))
+    line = next((lines[clean[:n]] for n in range(len(clean), -1, -1) if clean[:n] in lines), 1)
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in clean).lstrip(".") or "(top level)"
+    if error["type"] == "extra_forbidden":
+        msg = f"unknown key '{clean[-1]}' in {'.'.join(map(str, clean[:-1])) or 'the top level'}"
+    elif error["type"] == "missing":
+        msg = f"{key}: required key is missing"
+    else:
+        msg = f"{key}: {error['msg']}"
+    more = f" (and {count - 1} more problem{'s' if count > 2 else ''})" if count > 1 else ""
+    return f"{where}:{line}: {msg}{more}"
+
+
+def iter_jobs(config: Config, only: list[str] | None) -> Iterator[JobConfig]:
+    """The config's jobs, or only the named ones; unknown names are a `ConfigError`."""
+    if only:
+        known = {j.name for j in config.jobs}
+        missing = [n for n in only if n not in known]
+        if missing:
+            raise ConfigError(f"no job named {', '.join(missing)} in the config (jobs: {', '.join(sorted(known))})")
+    for job in config.jobs:
+        if not only or job.name in only:
+            yield job

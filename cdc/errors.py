@@ -1,0 +1,77 @@
+"""One error tree for the whole daemon.
+
+Every error a user can cause or meet is a `CdcError` subclass with a one-line,
+actionable message. Retryability lives on the class (like psycopg's error classes):
+the supervisor retries a job with backoff when `retryable` is true and stops it with
+the message when it is false. Keep the cause: ``raise SomeError(...) from err``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class CdcError(Exception):
+    """Base of every error cdc raises on purpose."""
+
+    retryable: ClassVar[bool] = False
+    #: Process exit code of the CLI when this error stops it.
+    exit_code: ClassVar[int] = 2
+
+
+class ConfigError(CdcError):
+    """The configuration file is wrong: it names the file, line and key."""
+
+
+class SourceError(CdcError):
+    """The source database refused or lacks what the job needs."""
+
+
+class SourceConnectionError(SourceError):
+    """The source cannot be reached right now (network, restart, too many clients)."""
+
+    retryable = True
+
+
+class SourceUnreachableError(SourceError):
+    """The source cannot be reached at startup: wrong host, port or credentials."""
+
+
+class SourceSetupError(SourceError):
+    """The source server is not set up for CDC (wal_level, privileges, binlog format)."""
+
+
+class SlotInUseError(SourceError):
+    """Another process holds the replication slot."""
+
+
+class SlotInvalidatedError(SourceError):
+    """The replication slot was dropped or invalidated under the job."""
+
+
+class MissingTableError(SourceError):
+    """A table named in the job's selection does not exist in the source."""
+
+
+class DecodeError(CdcError):
+    """A replication message could not be decoded; the message names its LSN."""
+
+
+class SinkError(CdcError):
+    """A sink refused its configuration or its stored state."""
+
+
+class SinkWriteError(SinkError):
+    """A sink could not make a batch durable; the batch is retried."""
+
+    retryable = True
+
+
+class CheckpointError(CdcError):
+    """The checkpoint store cannot be read or written."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (driver errors carry DETAIL/HINT lines)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

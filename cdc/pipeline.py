@@ -1,0 +1,149 @@
+"""The pipeline of one job: source -> bounded buffer -> every sink -> acknowledge.
+
+The source builds batches (whole transactions, cut by the `BatchPolicy`) and puts them
+into a buffer bounded by batch count and bytes: when sinks fall behind, the source stops
+reading and the server holds the data (backpressure, bounded memory). The consumer
+writes each batch to every sink concurrently, then records the job's checkpoint and
+acknowledges the source with the minimum durable position over the sinks: never more
+than every sink holds, never backwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import structlog
+
+from cdc.checkpoints import Checkpoint, CheckpointStore
+from cdc.events import ChangeBatch, Position, min_position
+from cdc.sink import Sink
+from cdc.source import BatchPolicy, Source
+
+log = structlog.get_logger(__name__)
+
+
+class BatchBuffer:
+    """A FIFO of batches bounded by count and by bytes (one batch always fits)."""
+
+    def __init__(self, max_batches: int, max_bytes: int) -> None:
+        self._max_batches = max_batches
+        self._max_bytes = max_bytes
+        self._items: deque[ChangeBatch | None] = deque()
+        self._bytes = 0
+        self._changed = asyncio.Condition()
+
+    def _full(self) -> bool:
+        return bool(self._items) and (len(self._items) >= self._max_batches or self._bytes >= self._max_bytes)
+
+    async def put(self, batch: ChangeBatch | None) -> None:
+        """Append `batch` (None marks the end), waiting while the buffer is full."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._full() or batch is None)
+            self._items.append(batch)
+            self._bytes += batch.nbytes if batch is not None else 0
+            self._changed.notify_all()
+
+    async def get(self) -> ChangeBatch | None:
+        """The oldest batch, or None once the producer has ended."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._items))
+            batch = self._items.popleft()
+            self._bytes -= batch.nbytes if batch is not None else 0
+            self._changed.notify_all()
+            return batch
+
+
+@dataclass(slots=True)
+class JobStats:
+    """Counters of one job's run, read by progress logs (and later the metrics endpoint)."""
+
+    events: int = 0
+    batches: int = 0
+    acknowledged: Position | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class Pipeline:
+    """Runs one job until its source ends or `stop` is set, then drains and returns."""
+
+    def __init__(
+        self,
+        job: str,
+        source: Source,
+        sinks: list[Sink],
+        policy: BatchPolicy,
+        checkpoints: CheckpointStore,
+        *,
+        max_buffered_batches: int = 4,
+        max_buffered_bytes: int = 256 << 20,
+    ) -> None:
+        self.job = job
+        self.source = source
+        self.sinks = sinks
+        self.policy = policy
+        self.checkpoints = checkpoints
+        self.stats = JobStats()
+        self._buffer = BatchBuffer(max_buffered_batches, max_buffered_bytes)
+        self._log = log.bind(job=job)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Open sinks, start the source at their minimum position, move batches until stopped.
+
+        Any error stops both sides and propagates (the daemon decides on retry); sources
+        and sinks are closed in every case.
+        """
+        try:
+            for sink in self.sinks:
+                await sink.open()
+            held = {s.name: s.position() for s in self.sinks}
+            resume = min_position(list(held.values()))
+            self._log.info("job_starting", resume_from=str(resume) if resume else None,
+                           sinks={k: str(v) if v else None for k, v in held.items()})
+            await self.source.start(resume)
+            producer = asyncio.create_task(self._produce(stop), name=f"{self.job}-source")
+            consumer = asyncio.create_task(self._consume(), name=f"{self.job}-sinks")
+            try:
+                done, _ = await asyncio.wait({producer, consumer}, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    task.result()
+                await consumer
+            finally:
+                for task in (producer, consumer):
+                    task.cancel()
+                await asyncio.gather(producer, consumer, return_exceptions=True)
+        finally:
+            await self.source.close()
+            for sink in self.sinks:
+                await sink.close()
+        self._log.info("job_stopped", events=self.stats.events, position=str(self.stats.acknowledged))
+
+    async def _produce(self, stop: asyncio.Event) -> None:
+        try:
+            async for batch in self.source.batches(self.policy, stop):
+                await self._buffer.put(batch)
+        finally:
+            await self._buffer.put(None)
+
+    async def _consume(self) -> None:
+        last_log = time.monotonic()
+        while (batch := await self._buffer.get()) is not None:
+            await asyncio.gather(*(sink.write(batch) for sink in self.sinks))
+            positions = {s.name: s.position() for s in self.sinks}
+            ack = min_position(list(positions.values()))
+            if ack is None:
+                continue
+            self.checkpoints.save(
+                self.job, Checkpoint(ack, {k: v for k, v in positions.items() if v is not None})
+            )
+            await self.source.acknowledge(ack)
+            self.stats.events += len(batch)
+            self.stats.batches += 1
+            self.stats.acknowledged = ack
+            now = time.monotonic()
+            if now - last_log >= 10:
+                self._log.info("job_progress", events=self.stats.events, batches=self.stats.batches,
+                               position=str(ack))
+                last_log = now

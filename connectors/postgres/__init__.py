@@ -1,0 +1,1 @@
+"""PostgreSQL source: pgoutput logical replication read through psycopg 3."""

@@ -1,0 +1,1 @@
+"""Sinks: where change batches become durable."""

@@ -1,0 +1,1 @@
+"""Event-log sinks: Debezium-compatible envelopes in files and brokers."""
