@@ -1,0 +1,150 @@
+"""Benchmark: PostgreSQL stream -> file sink, as a ratio to pg_recvlogical in the same run.
+
+Loads N rows of a 10-column table (int8, text, numeric, timestamptz, jsonb, bool, uuid,
+float8, int4, varchar) in T transactions into a disposable PostgreSQL, with two logical
+slots created before the load. pg_recvlogical drains one slot to /dev/null (the
+server's limit: the walsender decoding pgoutput); ``cdc run`` drains the other into the
+file sink (fsync on). Prints one JSON document.
+
+    .venv/bin/python bench/pg_stream.py [--rows 1000000] [--transactions 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+from cdc import __version__
+from cdc.sandbox import DisposablePostgres
+
+TABLE = """
+CREATE TABLE bench (
+    id int8 PRIMARY KEY, name text, amount numeric(12,2), created timestamptz, doc jsonb,
+    flag bool, ref uuid, score float8, qty int4, code varchar(32)
+)"""
+LOAD = """
+INSERT INTO bench
+SELECT i, 'name-' || i, (i %% 100000) / 100.0, '2026-01-01'::timestamptz + i * interval '1 second',
+       jsonb_build_object('k', i, 'tag', 'x' || (i %% 7)), i %% 2 = 0, md5(i::text)::uuid,
+       i / 7.0, (i %% 1000)::int4, 'code-' || (i %% 97)
+FROM generate_series(%s::int8, %s::int8) AS i
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--transactions", type=int, default=100)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="cdc-bench-"))
+    with DisposablePostgres(settings={"max_wal_size": "4GB", "checkpoint_timeout": "30min"}) as pg:
+        pg.create_database("bench")
+        dsn = pg.dsn("bench")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(TABLE)
+            conn.execute("CREATE PUBLICATION bench_pub FOR TABLE bench")
+            for slot in ("bench_ref", "bench_cdc"):
+                conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+            per_tx = args.rows // args.transactions
+            t0 = time.perf_counter()
+            for t in range(args.transactions):
+                conn.execute(LOAD, (t * per_tx + 1, (t + 1) * per_tx))
+            load_s = time.perf_counter() - t0
+            end_lsn = str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0])  # type: ignore[index]
+            last_commit = conn.execute(
+                "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint"
+            ).fetchone()[0]  # type: ignore[index]
+        rows = per_tx * args.transactions
+
+        ref_s = _pg_recvlogical(pg, dsn, end_lsn)
+        cdc_s, rss_mb, out_bytes = _cdc(work, dsn, int(last_commit))
+
+    result = {
+        "benchmark": "pg_stream",
+        "rows": rows,
+        "transactions": args.transactions,
+        "columns": 10,
+        "load_s": round(load_s, 2),
+        "limit": {"tool": "pg_recvlogical -> /dev/null", "seconds": round(ref_s, 3),
+                  "rows_per_s": round(rows / ref_s)},
+        "cdc": {"sink": "file (fsync)", "seconds": round(cdc_s, 3), "rows_per_s": round(rows / cdc_s),
+                "mb_per_s": round(out_bytes / cdc_s / 1e6, 1), "peak_rss_mb": round(rss_mb, 1)},
+        "ratio": round(ref_s / cdc_s, 3),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "cdc": __version__},
+    }
+    print(json.dumps(result, indent=2))
+
+
+def _pg_recvlogical(pg: DisposablePostgres, dsn: str, end_lsn: str) -> float:
+    cmd = [str(pg.bin_dir / "pg_recvlogical"), "-d", dsn, "--slot", "bench_ref", "--start",
+           "-o", "proto_version=1", "-o", "publication_names=bench_pub", "-f", "/dev/null",
+           "-E", end_lsn, "--no-loop"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def _cdc(work: Path, dsn: str, end: int) -> tuple[float, float, int]:
+    config = work / "bench.yaml"
+    events = work / "events"
+    config.write_text(json.dumps({
+        "state_dir": str(work / "state"),
+        "log_format": "json",
+        "jobs": [{
+            "name": "bench",
+            "source": {"type": "postgres", "dsn": dsn, "slot": "bench_cdc", "publication": "bench_pub"},
+            "tables": {"include": ["public.bench"]},
+            "sinks": [{"type": "file", "path": str(events)}],
+        }],
+    }))
+    prefix = os.environ.get("CDC_BENCH_WRAP", "").split()
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "cdc.cli", "run", str(config)],
+                            stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr or []], daemon=True).start()
+    started = None
+    state = events / "_cdc_file_sink.json"
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.02)
+                if started is None and "replication_started" in line:
+                    started = time.perf_counter()
+            except queue.Empty:
+                pass
+            if proc.poll() is not None:
+                raise SystemExit(f"cdc exited early with {proc.returncode}")
+            if started is not None and state.exists():
+                pos = json.loads(state.read_text())["position"]["commit"]
+                if pos >= end - 4096:  # the last commit record sits just below the final WAL end
+                    elapsed = time.perf_counter() - started
+                    rss = _peak_rss_mb(proc.pid)
+                    size = sum(f.stat().st_size for f in events.rglob("*.jsonl"))
+                    return elapsed, rss, size
+        raise SystemExit("cdc did not finish within 600 s")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+if __name__ == "__main__":
+    main()
