@@ -57,10 +57,10 @@ SinkConfig = Annotated[FileSinkConfig, Field(discriminator="type")]
 
 
 class PipelineConfig(_Strict):
-    max_batch_events: int = Field(default=50_000, ge=1)
+    max_batch_events: int = Field(default=20_000, ge=1)
     max_batch_bytes: ByteSize = ByteSize(64 << 20)
     max_wait_ms: int = Field(default=500, ge=1)
-    max_buffered_batches: int = Field(default=4, ge=1)
+    max_buffered_batches: int = Field(default=2, ge=1)
     max_buffered_bytes: ByteSize = ByteSize(256 << 20)
 
 

@@ -11,6 +11,7 @@ within ``shutdown_grace_s``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 from dataclasses import dataclass, field
@@ -102,7 +103,5 @@ class Daemon:
                 jlog.warning("job_retrying", error=str(err), error_class=type(err).__name__,
                              attempt=outcome.attempts, delay_s=round(delay, 2))
                 backoff = min(backoff * 2, job.retry.max_backoff_s)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), delay)
-                except TimeoutError:
-                    pass

@@ -16,11 +16,11 @@ import psycopg
 from psycopg import sql
 
 from cdc.errors import (
-    first_line,
     MissingTableError,
     SlotInUseError,
     SlotInvalidatedError,
     SourceSetupError,
+    first_line,
 )
 
 #: Session settings the source pins: pgoutput prints values under the walsender's settings.

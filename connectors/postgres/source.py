@@ -16,10 +16,11 @@ transaction is durable). Keepalives move an idle job forward through heartbeat b
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 import structlog
@@ -27,7 +28,17 @@ from psycopg.conninfo import conninfo_to_dict
 
 from cdc.config import PostgresSourceConfig, TablesConfig
 from cdc.errors import DecodeError, SourceSetupError, SourceUnreachableError, first_line
-from cdc.events import ChangeBatch, Column, Position, TableChanges, TableId, TableSchema, Transaction
+from cdc.events import (
+    ChangeBatch,
+    Column,
+    Position,
+    RawRow,
+    RowChange,
+    TableChanges,
+    TableId,
+    TableSchema,
+    Transaction,
+)
 from cdc.sink import SourceInfo
 from cdc.source import BatchPolicy
 from connectors.postgres import catalog
@@ -35,15 +46,15 @@ from connectors.postgres.pgoutput import (
     Begin,
     Commit,
     Delete,
-    Insert,
     MessageType,
     Relation,
     Truncate,
+    TupleReader,
     Update,
     decode_message,
-    decode_tuple,
     format_lsn,
     pg_timestamp_to_datetime,
+    tuple_reader,
 )
 from connectors.postgres.stream import ReplicationStream
 from connectors.postgres.types import PgRowCodec
@@ -53,6 +64,8 @@ log = structlog.get_logger(__name__)
 _XLOG_DATA = ord("w")
 _KEEPALIVE = ord("k")
 _HEADER = 25  # 'w' + wal_start + wal_end + send_time
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
 _INSERT = MessageType.INSERT.value
 _BEGIN = MessageType.BEGIN.value
 _COMMIT = MessageType.COMMIT.value
@@ -62,7 +75,8 @@ _COMMIT = MessageType.COMMIT.value
 class _Relation:
     schema: TableSchema
     codec: PgRowCodec
-    current: TableChanges | None = None
+    read: TupleReader
+    append: Callable[[RowChange], None] | None = None  # into the open batch's TableChanges
 
 
 class PostgresSource:
@@ -145,19 +159,19 @@ class PostgresSource:
         tx: Transaction | None = None
         seq = 0
         last_status = last_heartbeat = time.monotonic()
+        u64, u32 = _U64.unpack_from, _U32.unpack_from
 
-        def segment(rel: _Relation) -> TableChanges:
-            seg = rel.current
-            if seg is None:
-                seg = rel.current = TableChanges(rel.schema, rel.codec)
-                batch.append(seg)
-            return seg
+        def segment(rel: _Relation) -> Callable[[RowChange], None]:
+            seg = TableChanges(rel.schema, rel.codec)
+            batch.append(seg)
+            rel.append = seg.changes.append
+            return rel.append
 
         def cut(position: Position) -> ChangeBatch:
             nonlocal batch, events, nbytes, complete
             out = ChangeBatch(position, batch, nbytes)
             for rel in relations.values():
-                rel.current = None
+                rel.append = None
             batch, events, nbytes, complete = [], 0, 0, None
             return out
 
@@ -168,46 +182,53 @@ class PostgresSource:
             for frame in frames:
                 kind = frame[0]
                 if kind == _XLOG_DATA:
-                    lsn = int.from_bytes(frame[1:9], "big")
-                    mtype = frame[_HEADER]
-                    if mtype == _INSERT and tx is not None:
-                        rel = relations[int.from_bytes(frame[26:30], "big")]
-                        row, _ = decode_tuple(frame, 31, lsn)
+                    lsn = u64(frame, 1)[0]
+                    if frame[_HEADER] == _INSERT and tx is not None:
+                        # The hot path: one insert, straight into its table's buffer.
+                        rel = relations[u32(frame, 26)[0]]
+                        row = rel.read(frame, 31, lsn)[0]
                         seq += 1
                         if not events:
                             opened = time.monotonic()
-                        segment(rel).changes.append(("c", tx, seq, lsn, None, row))
+                        (rel.append or segment(rel))(("c", tx, seq, lsn, None, row))
                         events += 1
                         nbytes += len(frame)
+                        if events < max_events and nbytes < max_bytes:
+                            continue
                     else:
                         msg = decode_message(memoryview(frame)[_HEADER:], lsn)
                         if isinstance(msg, Begin):
                             tx = Transaction(msg.xid, msg.final_lsn, pg_timestamp_to_datetime(msg.commit_ts))
                             seq = 0
-                        elif isinstance(msg, Commit):
+                            continue
+                        if isinstance(msg, Commit):
                             if tx is not None:
                                 complete = tx.position()
                                 tx = None
-                        elif isinstance(msg, Relation):
-                            self._relation(msg)
-                        elif tx is None:
-                            continue  # non-transactional messages, origins, types
-                        elif isinstance(msg, Update | Delete | Truncate):
-                            if not events:
-                                opened = time.monotonic()
-                            for op, oid, before, after in self._row_changes(msg, lsn):
-                                seq += 1
-                                segment(relations[oid]).changes.append((op, tx, seq, lsn, before, after))
-                                events += 1
-                            nbytes += len(frame)
-                        else:
+                                if events >= max_events or nbytes >= max_bytes or time.monotonic() - opened >= max_wait:
+                                    last_yielded = complete
+                                    yield cut(complete)
                             continue
+                        if isinstance(msg, Relation):
+                            self._relation(msg)
+                            continue
+                        if tx is None or not isinstance(msg, Update | Delete | Truncate):
+                            continue  # non-transactional messages, origins, types
+                        if not events:
+                            opened = time.monotonic()
+                        for op, oid, before, after in self._row_changes(msg):
+                            seq += 1
+                            rel = relations[oid]
+                            (rel.append or segment(rel))((op, tx, seq, lsn, before, after))
+                            events += 1
+                        nbytes += len(frame)
                     if tx is not None and (events >= max_events or nbytes >= max_bytes):
-                        yield cut(tx.position(seq))  # a chunk of a giant transaction
+                        last_yielded = tx.position(seq)
+                        yield cut(last_yielded)  # a chunk of a giant transaction
                 elif kind == _KEEPALIVE:
-                    wal_end = int.from_bytes(frame[1:9], "big")
+                    wal_end = u64(frame, 1)[0]
                     if frame[17]:
-                        await self._send_status(reply=False)
+                        await self._send_status()
                         last_status = time.monotonic()
                     idle = tx is None and not events
                     if idle and wal_end - 1 > last_yielded.commit and now - last_heartbeat >= heartbeat_every:
@@ -216,9 +237,6 @@ class PostgresSource:
                         yield ChangeBatch(last_yielded)
                 else:
                     raise DecodeError(f"{self.where}: unexpected replication frame type {kind!r}")
-                if complete is not None and (events >= max_events or nbytes >= max_bytes) and tx is None:
-                    last_yielded = complete
-                    yield cut(complete)
             now = time.monotonic()
             if complete is not None and tx is None and now - opened >= max_wait:
                 last_yielded = complete
@@ -238,10 +256,10 @@ class PostgresSource:
         if known is not None and known.schema.table == table and known.schema.columns == columns:
             return
         schema = TableSchema(table, columns)
-        self._relations[msg.oid] = _Relation(schema, PgRowCodec(columns))
+        self._relations[msg.oid] = _Relation(schema, PgRowCodec(columns), tuple_reader(len(columns)))
         self._log.info("relation", table=str(table), columns=len(columns), key=list(schema.key))
 
-    def _row_changes(self, msg: Update | Delete | Truncate, lsn: int) -> list[tuple[str, int, Any, Any]]:
+    def _row_changes(self, msg: Update | Delete | Truncate) -> list[tuple[str, int, RawRow | None, RawRow | None]]:
         if isinstance(msg, Update):
             return [("u", msg.relation_oid, msg.old, msg.new)]
         if isinstance(msg, Delete):
@@ -264,8 +282,6 @@ class PostgresSource:
     async def close(self) -> None:
         if self._stream is not None:
             stream, self._stream = self._stream, None
-            try:
+            with contextlib.suppress(Exception):
                 await stream.send_status(self._acked_lsn)
-            except Exception:  # noqa: BLE001 - closing a connection that may be gone already
-                pass
             await stream.close()

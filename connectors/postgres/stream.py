@@ -11,12 +11,13 @@ is connectors.postgres.pgoutput's job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from cdc.errors import SlotInUseError, first_line, SourceConnectionError, SourceSetupError
+from cdc.errors import SlotInUseError, SourceConnectionError, SourceSetupError, first_line
 from connectors.postgres.catalog import SESSION_OPTIONS
 from connectors.postgres.pgoutput import format_lsn, pg_now_us, standby_status_update
 
@@ -124,10 +125,8 @@ class ReplicationStream:
             raise SourceConnectionError(f"{self._where}: replication connection lost: {first_line(err)}") from err
 
     async def close(self) -> None:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             asyncio.get_running_loop().remove_reader(self._fd)
-        except (ValueError, OSError):
-            pass
         await self._conn.close()
 
 

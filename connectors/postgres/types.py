@@ -59,14 +59,19 @@ TIMESTAMPTZ: Final = 1184
 NUMERIC: Final = 1700
 UUID: Final = 2950
 JSONB: Final = 3802
+TIME: Final = 1083
+TIMETZ: Final = 1266
+INTERVAL: Final = 1186
+INET: Final = 869
+CIDR: Final = 650
+MACADDR: Final = 829
+MACADDR8: Final = 774
 
 #: Debezium's placeholder for a value the source did not send (unchanged TOAST).
 UNAVAILABLE_JSON: Final = b'"__debezium_unavailable_value"'
 
 _NEEDS_ESCAPE: Final = re.compile(rb'[\x00-\x1f"\\]')
 _FLOAT_SPECIAL: Final = {b"NaN": b'"NaN"', b"Infinity": b'"Infinity"', b"-Infinity": b'"-Infinity"'}
-_TIMESTAMPTZ_UTC: Final = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?\+00")
-_TIMESTAMP: Final = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?")
 
 
 def json_string(value: bytes) -> bytes:
@@ -88,14 +93,21 @@ def _json_bool(value: bytes) -> bytes:
     return b"true" if value == b"t" else b"false"
 
 
+def _json_quoted(value: bytes) -> bytes:
+    """A string of a type whose text never holds quotes, backslashes or control characters."""
+    return b'"' + value + b'"'
+
+
 def _json_timestamptz(value: bytes) -> bytes:
-    if _TIMESTAMPTZ_UTC.fullmatch(value):
+    # "2026-01-02 03:04:05.123456+00" (timezone=UTC); anything else (infinity, BC, years
+    # past 9999) keeps PostgreSQL's text.
+    if value[10:11] == b" " and value[-3:] == b"+00" and value[4:5] == b"-":
         return b'"' + value[:10] + b"T" + value[11:-3] + b'Z"'
     return json_string(value)
 
 
 def _json_timestamp(value: bytes) -> bytes:
-    if _TIMESTAMP.fullmatch(value):
+    if value[10:11] == b" " and value[4:5] == b"-" and value[-1:].isdigit():
         return b'"' + value[:10] + b"T" + value[11:] + b'"'
     return json_string(value)
 
@@ -147,6 +159,16 @@ _JSON: Final[dict[int, _JsonRender]] = {
     TIMESTAMPTZ: _json_timestamptz,
     TIMESTAMP: _json_timestamp,
     BYTEA: _json_bytea,
+    NUMERIC: _json_quoted,
+    UUID: _json_quoted,
+    DATE: _json_quoted,
+    TIME: _json_quoted,
+    TIMETZ: _json_quoted,
+    INTERVAL: _json_quoted,
+    INET: _json_quoted,
+    CIDR: _json_quoted,
+    MACADDR: _json_quoted,
+    MACADDR8: _json_quoted,
 }
 
 _PYTHON: Final[dict[int, _PyConvert]] = {
@@ -231,6 +253,6 @@ def _compile_json(columns: Sequence[Column], idx: Sequence[int], width: int) -> 
     unpack = "".join(f"v{i}, " for i in range(width))
     src = f"def to_json(r):\n    ({unpack}) = r\n    return b''.join((" + ", ".join(parts) + ", b'}'))\n"
     namespace: dict[str, Any] = dict(consts)
-    exec(compile(src, "<pgoutput row codec>", "exec"), namespace)  # noqa: S102 - indexes only
+    exec(compile(src, "<pgoutput row codec>", "exec"), namespace)
     fn: Callable[[RawRow], bytes] = namespace["to_json"]
     return fn

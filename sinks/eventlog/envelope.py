@@ -58,32 +58,42 @@ class EnvelopeSerializer:
         )
         return b',"source":' + block[:-1] + b',"lsn":'
 
-    def values(self, table: TableChanges, ts_ms: int) -> Iterator[tuple[bytes, bytes]]:
-        """Yield ``(event id, envelope JSON)`` for every change of the table, in order."""
+    def values(self, table: TableChanges, ts_ms: int) -> list[bytes]:
+        """The envelope JSON of every change of the table, in order.
+
+        The hot path of every event-log sink: what depends only on the transaction (id
+        prefix, source block) is rendered once per transaction; per event it is one join.
+        """
         to_json = table.codec.to_json
-        ts = str(ts_ms).encode() + b"}"
-        prefix = self._id_prefix
-        include_id = self._include_id
+        tails = {op: tail + b"%d}" % ts_ms for op, tail in _OP_TAIL.items()}
+        out: list[bytes] = []
+        append = out.append
         last_tx: Transaction | None = None
-        source = b""
+        head = source = b""
         for op, tx, seq, lsn, before, after in table.changes:
             if tx is not last_tx:
                 source = self._source_prefix(table, tx)
+                head = (b'{"id":"%s%d:' % (self._id_prefix, tx.commit)) if self._include_id else b""
                 last_tx = tx
-            eid = b"%s%d:%d" % (prefix, tx.commit, seq)
-            value = b"".join(
-                (
-                    b'{"id":"' + eid + b'","before":' if include_id else b'{"before":',
-                    b"null" if before is None else to_json(before),
-                    b',"after":',
-                    b"null" if after is None else to_json(after),
-                    source,
-                    b"%d" % lsn,
-                    _OP_TAIL[op],
-                    ts,
+            append(
+                b"".join(
+                    (
+                        head + b'%d","before":' % seq if head else b'{"before":',
+                        b"null" if before is None else to_json(before),
+                        b',"after":',
+                        b"null" if after is None else to_json(after),
+                        source,
+                        b"%d" % lsn,
+                        tails[op],
+                    )
                 )
             )
-            yield eid, value
+        return out
+
+    def event_ids(self, table: TableChanges) -> list[bytes]:
+        """The event id of every change of the table, in order."""
+        prefix = self._id_prefix
+        return [b"%s%d:%d" % (prefix, tx.commit, seq) for _, tx, seq, *_ in table.changes]
 
     def keys(self, table: TableChanges) -> Iterator[bytes]:
         """The message key of every change: the key columns as JSON, or ``null``."""

@@ -143,7 +143,9 @@ class FileSink:
                 key = table_dir_name(table.schema.table)
                 seg = self._segment_for(key, new_dirs)
                 assert seg.handle is not None
-                data = b"\n".join(v for _, v in self._serializer.values(table, ts_ms)) + b"\n"
+                values = self._serializer.values(table, ts_ms)
+                values.append(b"")
+                data = b"\n".join(values)
                 seg.handle.write(data)
                 seg.offset += len(data)
                 seg.handle.flush()
