@@ -191,6 +191,16 @@ _PYTHON: Final[dict[int, _PyConvert]] = {
 _INLINE_JSON: Final = frozenset({INT2, INT4, INT8, OID})
 
 
+#: Inline expressions for the generated row renderer, by the renderer they stand for.
+_INLINE_TEMPLATES: Final[dict[_JsonRender, str]] = {
+    json_string: "(Q + {v} + Q if ESC({v}) is None else J({v}))",
+    _json_quoted: "Q + {v} + Q",
+    _json_bool: "(T if {v} == b't' else F)",
+    _json_float: "FS({v}, {v})",
+    _json_timestamptz: "(Q + {v}[:10] + TQ + {v}[11:-3] + ZQ if {v}[-3:] == P00 and {v}[10:11] == SP else TZ({v}))",
+}
+
+
 def _json_special(value: object) -> bytes:
     """JSON for a value that is not text: NULL or a value the source did not send."""
     return b"null" if value is None else UNAVAILABLE_JSON
@@ -237,17 +247,24 @@ def _compile_json(columns: Sequence[Column], idx: Sequence[int], width: int) -> 
     unpacked once, so a row of the wrong width fails loudly instead of shifting columns.
     """
     names = [orjson.dumps(c.name) for c in columns]
-    consts: dict[str, object] = {"S": _json_special}
+    consts: dict[str, object] = {
+        "S": _json_special, "Q": b'"', "ESC": _NEEDS_ESCAPE.search, "J": json_string, "T": b"true", "F": b"false",
+        "FS": _FLOAT_SPECIAL.get, "P00": b"+00", "SP": b" ", "TQ": b"T", "ZQ": b'Z"', "TZ": _json_timestamptz,
+    }
     parts: list[str] = []
     for n, (i, col) in enumerate(zip(idx, columns, strict=True)):
         consts[f"K{n}"] = (b"{" if n == 0 else b",") + names[n] + b":"
         parts.append(f"K{n}")
         v = f"v{i}"
+        # Common types are rendered inline (C-level calls only): a Python call per value
+        # costs as much as the rendering itself.
+        template = _INLINE_TEMPLATES.get(_JSON.get(col.type_oid, json_string))
         if col.type_oid in _INLINE_JSON:
-            parts.append(f"({v} if {v}.__class__ is bytes else S({v}))")
-        else:
+            template = "{v}"
+        if template is None:
             consts[f"R{n}"] = _JSON.get(col.type_oid, json_string)
-            parts.append(f"(R{n}({v}) if {v}.__class__ is bytes else S({v}))")
+            template = f"R{n}({{v}})"
+        parts.append(f"({template.format(v=v)} if {v}.__class__ is bytes else S({v}))")
     if not parts:
         return lambda r: b"{}"
     unpack = "".join(f"v{i}, " for i in range(width))
