@@ -86,9 +86,10 @@ class JobConfig(_Strict):
                 f"snapshot: {self.snapshot} is not available in this version yet; use snapshot: never "
                 "(the stream starts at the slot's position)"
             )
-        names = [s.name for s in self.sinks if s.name is not None]
-        if len(names) != len(set(names)):
-            raise ValueError("sink names must be unique within a job")
+        names = self.sink_names()
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"sink names must be unique within a job: {', '.join(dupes)} repeats")
         return self
 
     def sink_names(self) -> list[str]:
@@ -163,9 +164,12 @@ def _index(node: yaml.Node, path: tuple[str | int, ...], lines: dict[tuple[str |
     """Record the line of every key and list item; interpolate ``${VAR}`` in string scalars."""
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
         for k, v in node.value:
             key = k.value if isinstance(k, yaml.ScalarNode) else str(k.start_mark)
-            lines[(*path, key)] = k.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{where}:{k.start_mark.line + 1}: key '{key}' appears twice in the same mapping")
+            seen.add(key)
             _index(v, (*path, key), lines, where, env)
             lines[(*path, key)] = k.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
@@ -190,7 +194,8 @@ def _interpolate(value: str, env: dict[str, str], where: str) -> str:
 def _describe(error: Any, lines: dict[tuple[str | int, ...], int], where: str, count: int) -> str:
     loc: tuple[str | int, ...] = tuple(error["loc"])
     # Discriminated unions add the tag ('postgres', 'file') to the path: drop it.
-    clean = tuple(p for p in loc if not (isinstance(p, str) and p in ("postgres", "file")))
+    tag_at = {"source": 3, "sinks": 4}.get(str(loc[2])) if len(loc) > 3 and loc[0] == "jobs" else None
+    clean = tuple(p for i, p in enumerate(loc) if i != tag_at)
     line = next((lines[clean[:n]] for n in range(len(clean), -1, -1) if clean[:n] in lines), 1)
     key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in clean).lstrip(".") or "(top level)"
     if error["type"] == "extra_forbidden":

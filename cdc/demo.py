@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import random
 import shutil
@@ -163,7 +164,7 @@ class Screen:
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[str]], *, footer: Sequence[str] = ()) -> None:
         """A table; the first column is left-aligned, the others right-aligned."""
         if self._console is None:
-            body = [list(headers), *map(list, rows), *([list(footer)] if footer else [])]
+            body: list[list[str]] = [list(headers), *(list(r) for r in rows), *([list(footer)] if footer else [])]
             widths = [max(len(r[i]) for r in body) for i in range(len(headers))]
             for r in body:
                 cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
@@ -175,9 +176,9 @@ class Screen:
         table = Table(box=box.SIMPLE_HEAD, show_footer=bool(footer), padding=(0, 1), pad_edge=False)
         for i, header in enumerate(headers):
             table.add_column(header, footer=footer[i] if footer else "", justify="left" if i == 0 else "right",
-                             style="cyan" if i == 0 else None, footer_style="bold")
-        for r in rows:
-            table.add_row(*r)
+                             style="cyan" if i == 0 else None, footer_style="bold", no_wrap=True)
+        for row in rows:
+            table.add_row(*row)
         self._console.print(table, soft_wrap=False)
 
     def json(self, document: Mapping[str, Any]) -> None:
@@ -189,7 +190,7 @@ class Screen:
         from rich.json import JSON
         from rich.padding import Padding
 
-        renderable: RenderableType = Padding(JSON(text), (0, 0, 0, 3))
+        renderable: RenderableType = Padding(JSON(text), (0, 0, 0, 3), expand=False)
         self._console.print(renderable, soft_wrap=False)
 
 
@@ -266,7 +267,7 @@ class ShopWorkload:
             )
             ids = [int(row[0]) for row in cur.fetchall()]
         self._customers.extend(ids)
-        self._committed("seed", len(ids))
+        self._committed("seed customers", len(ids))
 
     def step(self) -> None:
         """Write one transaction, picked at random from the shop's usual traffic."""
@@ -413,12 +414,13 @@ class DaemonProcess:
                     return doc
             code = self.exit_code()
             if code is not None:
-                raise DemoError(self._failed(f"the daemon exited with code {code} before logging {event}"))
+                raise DemoError(self.failure(f"the daemon exited with code {code} before logging {event}"))
             if time.monotonic() > deadline:
-                raise DemoError(self._failed(f"the daemon did not log {event} within {timeout:.0f} s"))
+                raise DemoError(self.failure(f"the daemon did not log {event} within {timeout:.0f} s"))
             time.sleep(0.05)
 
-    def _failed(self, what: str) -> str:
+    def failure(self, what: str) -> str:
+        """`what` went wrong, with the log's path and its last problems."""
         problems = self.problems()
         tail = "".join(f"\n   {p}" for p in problems) if problems else ""
         return f"{what} (log: {_rel(self.log_path)}){tail}"
@@ -683,7 +685,7 @@ class DemoSettings:
 
 def _percentile(sorted_values: Sequence[int], fraction: float) -> int:
     """Nearest-rank percentile of an ascending, non-empty sequence."""
-    index = max(0, min(len(sorted_values) - 1, int(round(fraction * len(sorted_values) + 0.5)) - 1))
+    index = max(0, min(len(sorted_values) - 1, math.ceil(fraction * len(sorted_values)) - 1))
     return sorted_values[index]
 
 
@@ -720,7 +722,8 @@ def run_demo(settings: DemoSettings, screen: Screen) -> int:
     try:
         pg.start()
         with pg.connect() as conn:
-            version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+            row = conn.execute("SHOW server_version").fetchone()
+            version = str(row[0]) if row else "?"
         screen.step(f"PostgreSQL {version.split()[0]} started on 127.0.0.1:{pg.port}",
                     detail=f"disposable, {time.monotonic() - started:.1f} s")
         pg.create_database(DATABASE)
@@ -741,7 +744,10 @@ def run_demo(settings: DemoSettings, screen: Screen) -> int:
                     detail=f"slot {ready.get('slot')}, {ready.get('tables')} tables, streaming after "
                            f"{time.monotonic() - t0:.1f} s; log {_rel(log_path)}")
 
-        with psycopg.connect(pg.dsn(DATABASE), autocommit=True) as conn:
+        # synchronous_commit=on (cheap: the sandbox runs with fsync=off): the walsender only
+        # decodes flushed WAL, so the sandbox's default (off) would add up to 200 ms of lag
+        # that a production server with synchronous commits does not have.
+        with psycopg.connect(pg.dsn(DATABASE), autocommit=True, options="-c synchronous_commit=on") as conn:
             tables = captured_tables(conn, job.source.publication)
             reader = SinkReader(events_dir, tables)
             workload = ShopWorkload(conn, rng)
@@ -759,7 +765,7 @@ def run_demo(settings: DemoSettings, screen: Screen) -> int:
             ).fetchone()
             checks = [check_table(conn, info, reader.tally.get(name)) for name, info in tables.items()]
         return _summary(settings, screen, workload, reader, checks, daemon, caught_up, code,
-                        events_dir, config.state_dir, slot[0] if slot else None)
+                        events_dir, config.state_dir.resolve(), job.name, slot[0] if slot else None)
     finally:
         if daemon is not None:
             daemon.stop(15)
@@ -768,26 +774,26 @@ def run_demo(settings: DemoSettings, screen: Screen) -> int:
 
 def _write_workload(workload: ShopWorkload, reader: SinkReader, daemon: DaemonProcess,
                     settings: DemoSettings, screen: Screen) -> None:
-    """Write transactions for `settings.seconds` at `settings.rate` a second, with progress."""
+    """Write transactions for `settings.seconds` at `settings.rate` a second, with progress
+    once a second; raise `DemoError` if the daemon dies meanwhile."""
     screen.title(f"Writing shop traffic for {settings.seconds:g} s (about {settings.rate:g} transactions/s)")
     start = time.monotonic()
     end = start + settings.seconds
     interval = 1.0 / settings.rate
-    next_tx = next_report = start
-    tx_at_report = workload.transactions
+    next_tx, next_report = start, start + 1.0
+    reported = workload.transactions
     while (now := time.monotonic()) < end:
         if now >= next_tx:
             workload.step()
-            next_tx = max(next_tx + interval, now - 1.0)  # catch up a little, never in a burst
-        if now >= next_report or now + interval >= end:
-            pass
-        if time.monotonic() >= next_report + 1.0:
+            next_tx = max(next_tx + interval, now - 1.0)  # make up a short stall, never a long one
+        if now >= next_report:
             next_report += 1.0
-            if daemon.exit_code() is not None:
-                raise DemoError(daemon._failed(f"the daemon exited with code {daemon.exit_code()} while streaming"))
-            _progress(screen, time.monotonic() - start, workload, reader, workload.transactions - tx_at_report)
-            tx_at_report = workload.transactions
-        time.sleep(max(0.0, min(next_tx, next_report + 1.0, end) - time.monotonic()))
+            code = daemon.exit_code()
+            if code is not None:
+                raise DemoError(daemon.failure(f"the daemon exited with code {code} while streaming"))
+            _progress(screen, now - start, workload, reader, workload.transactions - reported)
+            reported = workload.transactions
+        time.sleep(max(0.0, min(next_tx, next_report, end) - time.monotonic()))
     _progress(screen, time.monotonic() - start, workload, reader, None)
 
 
@@ -824,7 +830,7 @@ def _wait_for_sink(workload: ShopWorkload, reader: SinkReader, daemon: DaemonPro
 
 def _summary(settings: DemoSettings, screen: Screen, workload: ShopWorkload, reader: SinkReader,
              checks: list[TableCheck], daemon: DaemonProcess, caught_up: bool, exit_code: int,
-             events_dir: Path, state_dir: Path, slot_lsn: str | None) -> int:
+             events_dir: Path, state_dir: Path, job_name: str, slot_lsn: str | None) -> int:
     """Print what the sink holds and whether it matches the source; return the exit code."""
     screen.title("Events in the sink, by table and operation")
     rows, totals = [], Counter[str]()
@@ -834,8 +840,8 @@ def _summary(settings: DemoSettings, screen: Screen, workload: ShopWorkload, rea
         rows.append([name, *(_thousands(ops[o]) for o in "cud"), _thousands(sum(ops.values()))])
     screen.table(["table", "c insert", "u update", "d delete", "total"], rows,
                  footer=["all", *(_thousands(totals[o]) for o in "cud"), _thousands(sum(totals.values()))])
-    kinds = ", ".join(f"{n} {k}" for k, n in workload.by_kind.most_common())
-    screen.line(f"   {_thousands(workload.transactions)} transactions written ", (f"({kinds})", "dim"))
+    kinds = ", ".join(f"{k} {n}" for k, n in workload.by_kind.most_common())
+    screen.line(f"   {_thousands(workload.transactions)} transactions written: ", (kinds, "dim"))
     screen.line(f"   {_thousands(len(reader.commits))} transactions in the sink, "
                 f"{_thousands(reader.events)} events for {_thousands(workload.row_changes)} row changes")
 
@@ -855,7 +861,7 @@ def _summary(settings: DemoSettings, screen: Screen, workload: ShopWorkload, rea
 
     screen.title("Consistency: the source tables against the tables rebuilt from the events")
     screen.table(
-        ["table", "source rows", "rebuilt rows", "missing", "extra", "differ", "result"],
+        ["table", "source", "rebuilt", "missing", "extra", "differ", "result"],
         [[c.table, _thousands(c.source_rows), _thousands(c.rebuilt_rows), str(c.missing), str(c.extra),
           str(c.different), "OK" if c.ok else f"MISMATCH {c.note}".strip()] for c in checks],
     )
@@ -873,17 +879,18 @@ def _summary(settings: DemoSettings, screen: Screen, workload: ShopWorkload, rea
         f"{format_lsn(last_commit)}", ok=positioned,
         detail=f"slot confirmed to {slot_lsn}" if slot_lsn else "",
     )
-    problems = daemon.problems()
-    screen.step(f"daemon log: {len(problems)} warnings or errors", ok=not problems)
+    problems = daemon.problems(limit=10)
+    errors = [p for p in problems if not p.startswith("warning:")]
+    screen.step(f"daemon log: {len(errors)} errors, {len(problems) - len(errors)} warnings", ok=not errors)
     for p in problems:
-        screen.line(("   " + p, "yellow"))
+        screen.line(("   " + p, "yellow" if p.startswith("warning:") else "red"))
 
     screen.title("Output")
     for seg in reader.segments():
         size = seg.stat().st_size
         screen.line(f"   {_rel(seg)}", (f"  {_thousands(reader.lines[seg])} events, {size / 1024:,.0f} KiB", "dim"))
     for path, what in ((events_dir / "_cdc_file_sink.json", "the file sink's durable position"),
-                       (state_dir / f"{daemon_job_name(reader)}.checkpoint.json", "the job's checkpoint"),
+                       (state_dir / f"{job_name}.checkpoint.json", "the job's checkpoint"),
                        (daemon.log_path, "the daemon's JSON log")):
         if path.exists():
             screen.line(f"   {_rel(path)}", (f"  {what}", "dim"))
@@ -895,17 +902,12 @@ def _summary(settings: DemoSettings, screen: Screen, workload: ShopWorkload, rea
         screen.line(("demo result: consistent", "bold green"),
                     f" - {_thousands(reader.events)} events, every table matches the source")
     else:
-        why = [w for w, bad in (("tables differ", not consistent), ("sink did not catch up", not caught_up),
-                                (f"daemon exit code {exit_code}", exit_code != 0), ("events out of order", not in_order),
-                                ("duplicate events", reader.duplicates > 0), ("sink position behind", not positioned))
-               if bad]
+        failures = (("tables differ", not consistent), ("the sink did not catch up", not caught_up),
+                    (f"daemon exit code {exit_code}", exit_code != 0), ("events out of order", not in_order),
+                    ("duplicate events", reader.duplicates > 0), ("sink position behind", not positioned))
+        why = [what for what, failed in failures if failed]
         screen.line(("demo result: NOT consistent", "bold red"), f" - {', '.join(why)}")
     return 0 if ok else 1
-
-
-def daemon_job_name(reader: SinkReader) -> str:
-    """The job name, as the event ids carry it (``<job>:<commit>:<seq>``)."""
-    return next(iter(reader._ids), "shop:").split(":", 1)[0]
 
 
 # -- command line -------------------------------------------------------------------------------

@@ -63,7 +63,11 @@ class Position:
         if isinstance(data, dict):
             commit = data.get("commit")
             seq = data.get("seq", WHOLE_TRANSACTION)
-            if isinstance(commit, int) and isinstance(seq, int) and commit >= 0 and seq >= 0:
+            if (
+                isinstance(commit, int) and isinstance(seq, int)
+                and not isinstance(commit, bool) and not isinstance(seq, bool)
+                and commit >= 0 and seq >= 0
+            ):
                 return cls(commit, seq)
         raise CheckpointError(f"malformed position {data!r}: expected {{'commit': int, 'seq': int}}")
 

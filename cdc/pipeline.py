@@ -130,7 +130,11 @@ class Pipeline:
     async def _consume(self) -> None:
         last_log = time.monotonic()
         while (batch := await self._buffer.get()) is not None:
-            await asyncio.gather(*(sink.write(batch) for sink in self.sinks))
+            # Wait for every write to end before raising, so no sink is closed mid-write.
+            results = await asyncio.gather(*(sink.write(batch) for sink in self.sinks), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
             positions = {s.name: s.position() for s in self.sinks}
             ack = min_position(list(positions.values()))
             if ack is None:

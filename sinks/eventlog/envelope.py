@@ -17,6 +17,7 @@ the row images and the change's LSN is rendered once, then joined per event.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import orjson
@@ -24,6 +25,8 @@ import orjson
 from cdc import __version__
 from cdc.events import TableChanges, Transaction
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND: Final = timedelta(milliseconds=1)
 _OP_TAIL: Final = {op: b'},"op":"' + op.encode() + b'","ts_ms":' for op in "rcudtm"}
 
 
@@ -48,7 +51,7 @@ class EnvelopeSerializer:
                 "version": __version__,
                 "connector": self._connector,
                 "name": self._source_name,
-                "ts_ms": int(tx.commit_ts.timestamp() * 1000),
+                "ts_ms": (tx.commit_ts - _EPOCH) // _MILLISECOND,
                 "snapshot": "false",
                 "db": self._database,
                 "schema": tid.schema,

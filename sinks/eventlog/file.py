@@ -40,8 +40,13 @@ log = structlog.get_logger(__name__)
 
 
 def table_dir_name(table: TableId) -> str:
-    """``schema.table`` with anything but letters, digits, ``_.-`` percent-encoded."""
-    return quote(table.schema, safe="") + "." + quote(table.table, safe="")
+    """``schema.table`` with anything but letters, digits, ``_-~`` percent-encoded (dots too,
+    so ``a.b``/``c`` and ``a``/``b.c`` stay apart)."""
+    return _dir_part(table.schema) + "." + _dir_part(table.table)
+
+
+def _dir_part(name: str) -> str:
+    return quote(name, safe="").replace(".", "%2E")
 
 
 def segment_name(number: int) -> str:

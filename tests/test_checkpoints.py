@@ -1,0 +1,139 @@
+"""Tests of the file checkpoint store and the atomic write it relies on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+
+from cdc.checkpoints import Checkpoint, FileCheckpointStore, write_atomically
+from cdc.errors import CheckpointError
+from cdc.events import Position
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    """A saved checkpoint loads back equal, from the same store and from a new one."""
+    store = FileCheckpointStore(tmp_path / "state")
+    cp = Checkpoint(Position(100), {"file": Position(120), "file-2": Position(100, 3)})
+    store.save("job", cp)
+    assert store.load("job") == cp
+    assert FileCheckpointStore(tmp_path / "state").load("job") == cp
+    assert store.path("job").parent == tmp_path / "state"
+
+
+def test_load_of_unknown_job_is_none(tmp_path: Path) -> None:
+    """A job that never saved a checkpoint loads as None, even without a state directory."""
+    assert FileCheckpointStore(tmp_path / "missing").load("job") is None
+
+
+def test_jobs_are_kept_apart(tmp_path: Path) -> None:
+    """Each job has its own checkpoint file."""
+    store = FileCheckpointStore(tmp_path)
+    store.save("a", Checkpoint(Position(5)))
+    store.save("b", Checkpoint(Position(1)))
+    assert store.load("a") == Checkpoint(Position(5))
+    assert store.load("b") == Checkpoint(Position(1))
+
+
+def test_moves_forward_and_stays(tmp_path: Path) -> None:
+    """Saving the same or a higher source position is accepted."""
+    store = FileCheckpointStore(tmp_path)
+    store.save("job", Checkpoint(Position(10)))
+    store.save("job", Checkpoint(Position(10)))
+    store.save("job", Checkpoint(Position(11, 1)))
+    assert store.load("job") == Checkpoint(Position(11, 1))
+
+
+def test_refuses_to_move_backwards(tmp_path: Path) -> None:
+    """Saving a lower source position raises CheckpointError and keeps the saved one."""
+    store = FileCheckpointStore(tmp_path)
+    store.save("job", Checkpoint(Position(10)))
+    with pytest.raises(CheckpointError, match="back from 10 to 9"):
+        store.save("job", Checkpoint(Position(9)))
+    with pytest.raises(CheckpointError):
+        store.save("job", Checkpoint(Position(10, 5)))
+    assert store.load("job") == Checkpoint(Position(10))
+
+
+def test_refuses_to_move_backwards_after_restart(tmp_path: Path) -> None:
+    """A new store (a restarted daemon) also refuses to go below the checkpoint on disk."""
+    FileCheckpointStore(tmp_path).save("job", Checkpoint(Position(10)))
+    with pytest.raises(CheckpointError):
+        FileCheckpointStore(tmp_path).save("job", Checkpoint(Position(9)))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"{not json", b"[]", b"{}", b'{"source": {"commit": "x"}}', b'{"source": {"commit": 1}, "sinks": []}',
+     b'{"source": {"commit": 1}, "sinks": {"f": null}}'],
+)
+def test_unreadable_checkpoint_names_the_path(tmp_path: Path, content: bytes) -> None:
+    """A corrupt checkpoint file raises CheckpointError naming its path, on load and on save."""
+    store = FileCheckpointStore(tmp_path)
+    store.path("job").write_bytes(content)
+    with pytest.raises(CheckpointError, match="unreadable checkpoint") as info:
+        store.load("job")
+    assert str(store.path("job")) in str(info.value)
+    with pytest.raises(CheckpointError):
+        store.save("job", Checkpoint(Position(1)))
+
+
+def test_unreadable_path_is_a_checkpoint_error(tmp_path: Path) -> None:
+    """A checkpoint path that cannot be read (here a directory) raises CheckpointError naming it."""
+    store = FileCheckpointStore(tmp_path)
+    store.path("job").mkdir()
+    with pytest.raises(CheckpointError, match="cannot read checkpoint") as info:
+        store.load("job")
+    assert str(store.path("job")) in str(info.value)
+
+
+def test_file_is_json(tmp_path: Path) -> None:
+    """The checkpoint file is the documented small JSON document."""
+    store = FileCheckpointStore(tmp_path)
+    store.save("job", Checkpoint(Position(7), {"file": Position(8, 2)}))
+    assert orjson.loads(store.path("job").read_bytes()) == {
+        "source": {"commit": 7}, "sinks": {"file": {"commit": 8, "seq": 2}}
+    }
+
+
+def test_write_atomically_replaces_content(tmp_path: Path) -> None:
+    """write_atomically replaces the file's content and leaves no temporary file."""
+    target = tmp_path / "x.json"
+    target.write_bytes(b"old")
+    write_atomically(target, b"new content")
+    assert target.read_bytes() == b"new content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+
+
+def test_write_atomically_keeps_old_content_without_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash before the rename leaves the old content whole; the new bytes are only in the tmp file."""
+    target = tmp_path / "x.json"
+    target.write_bytes(b"old")
+
+    def crash(src: object, dst: object) -> None:
+        raise OSError(5, "simulated crash before rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="simulated"):
+        write_atomically(target, b"new content")
+    assert target.read_bytes() == b"old"
+    assert (tmp_path / "x.json.tmp").read_bytes() == b"new content"
+
+
+def test_failed_save_keeps_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save whose rename fails raises CheckpointError and the previous checkpoint still loads."""
+    store = FileCheckpointStore(tmp_path)
+    store.save("job", Checkpoint(Position(1)))
+
+    def crash(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(CheckpointError, match="cannot write checkpoint"):
+        store.save("job", Checkpoint(Position(2)))
+    monkeypatch.undo()
+    assert store.load("job") == Checkpoint(Position(1))
+    store.save("job", Checkpoint(Position(2)))
+    assert store.load("job") == Checkpoint(Position(2))
