@@ -120,6 +120,11 @@ def _thousands(n: int) -> str:
     return f"{n:,}"
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 warning``, ``2 warnings``: `n` and the noun, plural unless n is 1."""
+    return f"{_thousands(n)} {noun}{'' if n == 1 else 's'}"
+
+
 # -- output -------------------------------------------------------------------------------------
 
 #: A piece of a printed line: plain text, or ``(text, rich style)``.
@@ -166,6 +171,9 @@ class Screen:
         if self._console is None:
             body: list[list[str]] = [list(headers), *(list(r) for r in rows), *([list(footer)] if footer else [])]
             widths = [max(len(r[i]) for r in body) for i in range(len(headers))]
+            body.insert(1, ["-" * w for w in widths])
+            if footer:
+                body.insert(len(body) - 1, ["-" * w for w in widths])
             for r in body:
                 cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
                 print("   " + "  ".join(cells), flush=True)
@@ -454,9 +462,6 @@ class TableInfo:
     def qualified(self) -> str:
         return f"{self.schema}.{self.name}"
 
-    def type_of(self, column: str) -> str:
-        return dict(self.columns).get(column, "text")
-
 
 @dataclass(slots=True)
 class TableTally:
@@ -467,7 +472,10 @@ class TableTally:
     rows: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
     last: tuple[int, int] = (-1, -1)
     out_of_order: int = 0
-    unknown_deletes: int = 0
+    #: Updates and deletes of rows no earlier event inserted. The demo's tables start
+    #: empty in the stream, so each one means an event went missing.
+    orphans: int = 0
+    #: The table's latest update event, as written: shown in the summary.
     sample: dict[str, Any] | None = None
 
 
@@ -534,7 +542,7 @@ class SinkReader:
         if position <= tally.last:
             tally.out_of_order += 1
         tally.last = position
-        if op == "u" and table == "public.orders":
+        if op == "u":
             tally.sample = event
         info = self.tables.get(table)
         if info is None or not info.key:
@@ -546,12 +554,14 @@ class SinkReader:
             if isinstance(before, dict):
                 old_key = tuple(before.get(k) for k in info.key)
                 if old_key != key and all(v is not None for v in old_key):
-                    old = tally.rows.pop(old_key, old)
+                    old = tally.rows.pop(old_key, None)  # the update changed the key
+            if op == "u" and old is None:
+                tally.orphans += 1
             tally.rows[key] = {c: (old.get(c) if old is not None and v == UNAVAILABLE else v)
                                for c, v in after.items()}
         elif op == "d" and isinstance(before, dict):
             if tally.rows.pop(tuple(before.get(k) for k in info.key), None) is None:
-                tally.unknown_deletes += 1
+                tally.orphans += 1
         elif op == "t":
             tally.rows.clear()
 
@@ -625,16 +635,23 @@ class TableCheck:
     missing: int = 0  # keys in the source, not in the events
     extra: int = 0  # keys in the events, not in the source
     different: int = 0  # same key, some column differs
+    orphans: int = 0  # updates or deletes of rows the events never inserted
     note: str = ""
     examples: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.extra or self.different or self.note)
+        return not (self.missing or self.extra or self.different or self.orphans or self.note)
+
+
+def _key_text(info: TableInfo, key: tuple[object, ...]) -> str:
+    return "(" + ", ".join(f"{k}={v}" for k, v in zip(info.key, key, strict=True)) + ")"
 
 
 def check_table(conn: psycopg.Connection[tuple[Any, ...]], info: TableInfo, tally: TableTally | None) -> TableCheck:
     """Compare every row of the source table with the table rebuilt from the events, by key."""
+    if not info.key:
+        return TableCheck(info.qualified, -1, -1, note="no primary key: cannot rebuild")
     names = [c for c, _ in info.columns]
     query = sql.SQL("SELECT {} FROM {}").format(
         sql.SQL(", ").join(map(sql.Identifier, names)), sql.Identifier(info.schema, info.name)
@@ -649,24 +666,23 @@ def check_table(conn: psycopg.Connection[tuple[Any, ...]], info: TableInfo, tall
         values = tuple(normalise(t, after.get(c)) for c, t in info.columns)
         image = dict(zip(names, values, strict=True))
         rebuilt[tuple(image[k] for k in info.key)] = values
-    check = TableCheck(info.qualified, len(source), len(rebuilt))
-    if not info.key:
-        check.note = "no primary key: cannot rebuild"
-        return check
+    check = TableCheck(info.qualified, len(source), len(rebuilt), orphans=tally.orphans if tally else 0)
+    if check.orphans:
+        check.examples.append(f"{info.qualified}: {check.orphans} updates or deletes of rows no event inserted")
     for key in source.keys() - rebuilt.keys():
         check.missing += 1
         if len(check.examples) < 3:
-            check.examples.append(f"{info.qualified} key {key}: in the source, not in the events")
+            check.examples.append(f"{info.qualified} {_key_text(info, key)}: in the source, not in the events")
     for key in rebuilt.keys() - source.keys():
         check.extra += 1
         if len(check.examples) < 3:
-            check.examples.append(f"{info.qualified} key {key}: in the events, not in the source")
+            check.examples.append(f"{info.qualified} {_key_text(info, key)}: in the events, not in the source")
     for key in source.keys() & rebuilt.keys():
         if source[key] != rebuilt[key]:
             check.different += 1
             if len(check.examples) < 3:
                 cols = [n for n, a, b in zip(names, source[key], rebuilt[key], strict=True) if a != b]
-                check.examples.append(f"{info.qualified} key {key}: columns {', '.join(cols)} differ")
+                check.examples.append(f"{info.qualified} {_key_text(info, key)}: {', '.join(cols)} differ")
     return check
 
 
@@ -675,6 +691,8 @@ def check_table(conn: psycopg.Connection[tuple[Any, ...]], info: TableInfo, tall
 
 @dataclass(frozen=True, slots=True)
 class DemoSettings:
+    """The command line, parsed: see ``python -m cdc.demo --help``."""
+
     config: Path
     demo_dir: Path
     seconds: float
@@ -764,7 +782,7 @@ def run_demo(settings: DemoSettings, screen: Screen) -> int:
                 (job.source.slot,),
             ).fetchone()
             checks = [check_table(conn, info, reader.tally.get(name)) for name, info in tables.items()]
-        return _summary(settings, screen, workload, reader, checks, daemon, caught_up, code,
+        return _summary(screen, workload, reader, checks, daemon, caught_up, code,
                         events_dir, config.state_dir.resolve(), job.name, slot[0] if slot else None)
     finally:
         if daemon is not None:
@@ -799,36 +817,45 @@ def _write_workload(workload: ShopWorkload, reader: SinkReader, daemon: DaemonPr
 
 def _progress(screen: Screen, elapsed: float, workload: ShopWorkload, reader: SinkReader,
               per_second: int | None) -> None:
+    """One progress line: what was written, what the sink holds, and the recent lag."""
     seen = reader.poll()
     behind = workload.row_changes - seen
     lag = sorted(reader.lags_ms[-500:])
     screen.line(
-        (f"   {elapsed:5.1f} s", "dim"),
-        "  transactions ", (f"{_thousands(workload.transactions):>6}", "bold"),
-        (f" ({per_second:>2}/s)" if per_second is not None else "        ", "dim"),
-        "   row changes ", (f"{_thousands(workload.row_changes):>6}", "bold"),
-        "   events in sink ", (f"{_thousands(seen):>6}", "bold green"),
-        (f"   behind {behind:>4}" if behind > 0 else "   caught up", "yellow" if behind > 0 else "green"),
-        (f"   lag p50 {_percentile(lag, 0.5)} ms" if lag else "", "dim"),
+        (f"  {elapsed:4.0f} s", "dim"),
+        "  transactions ", (f"{_thousands(workload.transactions):>5}", "bold"),
+        (f" ({per_second:>2}/s)" if per_second is not None else "       ", "dim"),
+        "  row changes ", (f"{_thousands(workload.row_changes):>6}", "bold"),
+        "  events in sink ", (f"{_thousands(seen):>6}", "bold green"),
+        (f"  behind {behind:>4}" if behind > 0 else "  caught up  ", "yellow" if behind > 0 else "green"),
+        (f"  lag p50 {_percentile(lag, 0.5)} ms" if lag else "", "dim"),
     )
 
 
 def _wait_for_sink(workload: ShopWorkload, reader: SinkReader, daemon: DaemonProcess, screen: Screen,
-                   timeout: float = 60.0) -> bool:
-    """Wait until the sink holds an event for every row change written; False on timeout."""
-    start = time.monotonic()
-    while reader.poll() < workload.row_changes:
-        if daemon.exit_code() is not None or time.monotonic() - start > timeout:
-            screen.step(f"sink holds {_thousands(reader.events)} of {_thousands(workload.row_changes)} events",
-                        ok=False, detail=f"gave up after {time.monotonic() - start:.1f} s")
-            return False
+                   *, stall_s: float = 10.0, timeout_s: float = 60.0) -> bool:
+    """Wait until the sink holds an event for every row change written.
+
+    Returns False (and says so) when the daemon exits, when no new event arrived for
+    `stall_s` seconds, or after `timeout_s` seconds in all.
+    """
+    start = last_move = time.monotonic()
+    seen = reader.poll()
+    while seen < workload.row_changes:
         time.sleep(0.05)
+        now = time.monotonic()
+        if (count := reader.poll()) != seen:
+            seen, last_move = count, now
+        if daemon.exit_code() is not None or now - last_move > stall_s or now - start > timeout_s:
+            screen.step(f"sink holds {_thousands(seen)} of {_thousands(workload.row_changes)} events",
+                        ok=False, detail=f"gave up after {now - start:.1f} s")
+            return False
     screen.step(f"sink caught up: {_thousands(reader.events)} events for {_thousands(workload.row_changes)} "
                 "row changes", detail=f"{time.monotonic() - start:.2f} s after the last commit")
     return True
 
 
-def _summary(settings: DemoSettings, screen: Screen, workload: ShopWorkload, reader: SinkReader,
+def _summary(screen: Screen, workload: ShopWorkload, reader: SinkReader,
              checks: list[TableCheck], daemon: DaemonProcess, caught_up: bool, exit_code: int,
              events_dir: Path, state_dir: Path, job_name: str, slot_lsn: str | None) -> int:
     """Print what the sink holds and whether it matches the source; return the exit code."""
@@ -858,6 +885,8 @@ def _summary(settings: DemoSettings, screen: Screen, workload: ShopWorkload, rea
     if sample is not None:
         screen.title("One event, as the file sink wrote it (an order's status change)")
         screen.json(sample)
+        screen.line(("   before is null: under REPLICA IDENTITY DEFAULT PostgreSQL sends no old row image for "
+                     "an update (deletes carry the key columns)", "dim"))
 
     screen.title("Consistency: the source tables against the tables rebuilt from the events")
     screen.table(
@@ -870,7 +899,7 @@ def _summary(settings: DemoSettings, screen: Screen, workload: ShopWorkload, rea
             screen.line(("   " + example, "red"))
     in_order = sum(t.out_of_order for t in reader.tally.values()) == 0
     screen.step("every table's events are in commit order", ok=in_order)
-    screen.step(f"{reader.duplicates} duplicate event ids", ok=reader.duplicates == 0)
+    screen.step(f"{_count(reader.duplicates, 'duplicate event id')}", ok=reader.duplicates == 0)
     sink_lsn = read_sink_position(events_dir)
     last_commit = max(reader.commits, default=0)
     positioned = sink_lsn is not None and sink_lsn >= last_commit
@@ -881,7 +910,8 @@ def _summary(settings: DemoSettings, screen: Screen, workload: ShopWorkload, rea
     )
     problems = daemon.problems(limit=10)
     errors = [p for p in problems if not p.startswith("warning:")]
-    screen.step(f"daemon log: {len(errors)} errors, {len(problems) - len(errors)} warnings", ok=not errors)
+    screen.step(f"daemon log: {_count(len(errors), 'error')}, {_count(len(problems) - len(errors), 'warning')}",
+                ok=not errors)
     for p in problems:
         screen.line(("   " + p, "yellow" if p.startswith("warning:") else "red"))
 

@@ -8,6 +8,7 @@ All SQL is composed with `psycopg.sql`, never by string formatting.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ class SlotInfo:
     active_pid: int | None
     confirmed_flush_lsn: int | None
     wal_status: str | None
+    #: True when `ensure_slot` created the slot in this call (it holds nothing older).
+    created: bool = False
 
 
 def _glob_chars(pattern: str) -> bool:
@@ -163,9 +166,11 @@ async def ensure_slot(
     walsender takes a moment to notice), then a `SlotInUseError`.
     """
     info = await slot_info(conn, slot)
+    created = False
     if info is None:
         try:
             await conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+            created = True
         except psycopg.errors.DuplicateObject:
             pass  # created concurrently: inspect below
         except psycopg.errors.ConfigurationLimitExceeded as err:
@@ -194,4 +199,4 @@ async def ensure_slot(
         if refreshed is None:
             raise SlotInvalidatedError(f"{where}: replication slot {slot} was dropped while starting")
         info = refreshed
-    return info
+    return dataclasses.replace(info, created=created)

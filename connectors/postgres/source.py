@@ -130,7 +130,7 @@ class PostgresSource:
                 f"was already confirmed to {format_lsn(confirmed)}: the changes between are gone from the slot; "
                 "use a new slot (and re-snapshot) or restore the sinks' state"
             )
-        if resume_from is None and confirmed:
+        if resume_from is None and confirmed and not slot.created:
             self._log.warning("sink_without_position", slot=cfg.slot, starting_at=format_lsn(confirmed))
         self._start_lsn = resume_from.commit if resume_from is not None else confirmed
         self._acked_lsn = max(self._start_lsn - 1, confirmed, 0)
