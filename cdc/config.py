@@ -155,8 +155,10 @@ def parse_config(text: str, where: str, env: dict[str, str]) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        raise ConfigError(_describe(first, lines, where, len(err.errors()))) from err
+        errors = err.errors()
+        # A misspelt key shows as "missing" plus "unknown": name the unknown one.
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        raise ConfigError(_describe(first, lines, where, len(errors))) from err
 
 
 def _index(node: yaml.Node, path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int], where: str,
@@ -197,9 +199,12 @@ def _describe(error: Any, lines: dict[tuple[str | int, ...], int], where: str, c
     tag_at = {"source": 3, "sinks": 4}.get(str(loc[2])) if len(loc) > 3 and loc[0] == "jobs" else None
     clean = tuple(p for i, p in enumerate(loc) if i != tag_at)
     line = next((lines[clean[:n]] for n in range(len(clean), -1, -1) if clean[:n] in lines), 1)
-    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in clean).lstrip(".") or "(top level)"
+    def dotted(path: tuple[str | int, ...]) -> str:
+        return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+    key = dotted(clean) or "(top level)"
     if error["type"] == "extra_forbidden":
-        msg = f"unknown key '{clean[-1]}' in {'.'.join(map(str, clean[:-1])) or 'the top level'}"
+        msg = f"unknown key '{clean[-1]}' in {dotted(clean[:-1]) or 'the top level'}"
     elif error["type"] == "missing":
         msg = f"{key}: required key is missing"
     else:

@@ -196,7 +196,7 @@ def test_unknown_key_in_second_job() -> None:
                                                                                "        path: ./o\n        bogus: 1\n")
     msg = error(MINIMAL + second)
     assert msg.startswith("cdc.yaml:20: "), msg
-    assert "unknown key 'bogus' in jobs.1.sinks.0" in msg
+    assert "unknown key 'bogus' in jobs[1].sinks[0]" in msg
 
 
 @pytest.mark.parametrize(

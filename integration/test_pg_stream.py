@@ -1,0 +1,294 @@
+"""The real daemon streams PostgreSQL into the file sink across kill -9, SIGTERM and restarts.
+
+Every test runs ``cdc run`` as a subprocess (integration/daemon.py), writes to the source
+while it streams, and at the end compares the table rebuilt from the sink's JSONL files
+with a ``SELECT`` of the source, row by row, with values in the documented JSON rendering
+(connectors/postgres/types.py).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from integration.conftest import PgDatabase
+from integration.daemon import (
+    Daemon,
+    Daemons,
+    JobFiles,
+    Key,
+    Row,
+    envelopes,
+    event_ids,
+    job_config,
+    rebuild,
+    sink_position,
+    wait_until,
+    write_config,
+)
+
+ITEMS = "public.items"
+CATCH_UP_S = 30.0
+
+
+@pytest.fixture
+def daemons() -> Iterator[Daemons]:
+    """Every daemon the test starts; any still running at teardown is killed."""
+    group = Daemons()
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+def iso_utc(value: datetime) -> str:
+    """A timestamptz as the sink renders it: ISO-8601 in UTC with ``Z``.
+
+    The fraction is PostgreSQL's (microseconds without trailing zeros, none when zero).
+    """
+    text = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if value.microsecond:
+        text += f".{value.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+def json_value(value: Any) -> Any:
+    """A source value as the event JSON holds it: int as is, numeric as a decimal string."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return iso_utc(value)
+    return value
+
+
+def source_rows(pg: PgDatabase, table: str, key: str = "id") -> dict[Key, Row]:
+    """``SELECT *`` of a source table as ``{(key,): {column: JSON value}}``."""
+    with pg.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT * FROM {table} ORDER BY {key}")  # noqa: S608 - test constants
+        assert cur.description is not None
+        names = [d.name for d in cur.description]
+        rows = [dict(zip(names, map(json_value, row), strict=True)) for row in cur.fetchall()]
+    return {(row[key],): row for row in rows}
+
+
+def sink_rows(files: JobFiles, table: str, *, durable_only: bool = True) -> dict[Key, Row]:
+    return rebuild(files.sink, durable_only=durable_only).get(table, {})
+
+
+def wait_caught_up(pg: PgDatabase, files: JobFiles, daemon: Daemon, table: str = ITEMS) -> dict[Key, Row]:
+    """Wait until the sink's durable state equals the source table; return the source rows."""
+    expected = source_rows(pg, table)
+    try:
+        wait_until(lambda: sink_rows(files, table) == expected, CATCH_UP_S, "the sink to match the source")
+    except AssertionError:
+        assert sink_rows(files, table) == expected, daemon.tail()
+    return expected
+
+
+def assert_no_duplicate_ids(files: JobFiles) -> list[str]:
+    ids = event_ids(files.sink)
+    repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+    assert not repeated, f"event ids written more than once: {repeated[:10]}"
+    return ids
+
+
+def assert_clean_log(daemon: Daemon) -> None:
+    text = daemon.stderr(all_runs=True)
+    assert "Traceback" not in text
+    assert "job_failed" not in text, daemon.tail()
+
+
+def slot_confirmed_flush(pg: PgDatabase, slot: str) -> int:
+    rows = pg.query(
+        "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = %s",
+        (slot,),
+    )
+    assert rows, f"slot {slot} is gone"
+    return int(rows[0][0])
+
+
+class Writer:
+    """Deterministic transactions of inserts, updates (some moving the key) and deletes on items."""
+
+    NAMES = ("widget", "gadget", 'say "hi"', "back\\slash", "new\nline", "Zürich ✓", "", None)
+
+    def __init__(self, pg: PgDatabase, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.conn = psycopg.connect(pg.dsn, connect_timeout=10)
+        self.live: list[int] = []
+        self.next_id = 1
+        self.transactions = 0
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _values(self) -> tuple[Any, ...]:
+        rng = self.rng
+        price = Decimal(rng.randint(-10**6, 10**10)) / 100
+        updated: datetime | None = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(
+            seconds=rng.randint(0, 10**8), microseconds=rng.choice([0, 100_000, 120, rng.randint(1, 999_999)])
+        )
+        if rng.random() < 0.1:
+            updated = None
+        qty = rng.randint(-(2**31), 2**31 - 1) if rng.random() < 0.1 else rng.randint(0, 500)
+        return rng.choice(self.NAMES), qty, price, updated
+
+    def transaction(self) -> None:
+        """Commit one transaction of 2 to 6 row changes."""
+        rng = self.rng
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            for _ in range(rng.randint(2, 6)):
+                roll = rng.random()
+                if roll < 0.45 or len(self.live) < 3:
+                    cur.execute("INSERT INTO items VALUES (%s, %s, %s, %s, %s)", (self.next_id, *self._values()))
+                    self.live.append(self.next_id)
+                    self.next_id += 1
+                elif roll < 0.75:
+                    name, qty, price, updated = self._values()
+                    cur.execute(
+                        "UPDATE items SET name = %s, qty = %s, price = %s, updated = %s WHERE id = %s",
+                        (name, qty, price, updated, rng.choice(self.live)),
+                    )
+                elif roll < 0.82:
+                    old = rng.choice(self.live)
+                    cur.execute("UPDATE items SET id = %s, qty = qty + 1 WHERE id = %s", (self.next_id, old))
+                    self.live[self.live.index(old)] = self.next_id
+                    self.next_id += 1
+                else:
+                    victim = self.live.pop(rng.randrange(len(self.live)))
+                    cur.execute("DELETE FROM items WHERE id = %s", (victim,))
+        self.transactions += 1
+
+
+@pytest.fixture
+def items(pg: PgDatabase) -> PgDatabase:
+    """The source table of the streaming tests (REPLICA IDENTITY DEFAULT, primary key id)."""
+    pg.execute("CREATE TABLE items (id int PRIMARY KEY, name text, qty int, price numeric(12,2), updated timestamptz)")
+    return pg
+
+
+def make_job(pg: PgDatabase, tmp_path: Path, **options: Any) -> tuple[JobFiles, str]:
+    files = JobFiles(tmp_path / "job")
+    slot = pg.name("slot")
+    write_config(files, job_config(files, dsn=pg.dsn, slot=slot, publication=pg.name("pub"), **options))
+    return files, slot
+
+
+def test_kill_9_twice_mid_stream_loses_and_doubles_nothing(
+    items: PgDatabase, tmp_path: Path, daemons: Daemons
+) -> None:
+    """Two SIGKILLs mid-stream: the sink still equals the source row by row, no event id twice."""
+    pg = items
+    files, slot = make_job(pg, tmp_path)
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    daemon.wait_for("replication_started")
+    writer = Writer(pg, seed=20240601)
+    durable: dict[str, int] | None = None  # the sink's position when the daemon was last killed
+    try:
+        for tx in range(1, 51):
+            if tx in (15, 32):
+                # Kill only once this run has made something durable, so the restart resumes
+                # from the sink's position while later transactions are still in flight.
+                wait_until(lambda last=durable: sink_position(files.sink) not in (None, last), CATCH_UP_S,
+                           "the daemon to make a batch durable")
+            writer.transaction()
+            time.sleep(0.01)  # pace the writer so batches are being written when the kill lands
+            if tx in (15, 32):
+                assert daemon.kill() == -9
+                durable = sink_position(files.sink)
+                assert durable is not None
+                assert slot_confirmed_flush(pg, slot) <= durable["commit"], "slot acknowledged past the sink"
+            if tx in (20, 32):
+                daemon.start()  # the writer goes on while the daemon starts up
+    finally:
+        writer.close()
+    expected = wait_caught_up(pg, files, daemon)
+    assert len(expected) > 20
+    assert_no_duplicate_ids(files)
+    assert daemon.terminate(10.0) == 0
+    assert_clean_log(daemon)
+    # After a clean stop every line on disk is durable: all files read the same.
+    assert sink_rows(files, ITEMS, durable_only=False) == expected
+    ids = assert_no_duplicate_ids(files)
+    assert len(ids) >= writer.transactions * 2
+    assert files.checkpoints(), "the job never saved a checkpoint"
+
+
+def test_sigterm_drains_and_restart_resumes(items: PgDatabase, tmp_path: Path, daemons: Daemons) -> None:
+    """SIGTERM mid-stream exits 0 within 10 s; a restart resumes with no loss and no repeats."""
+    pg = items
+    files, _ = make_job(pg, tmp_path)
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    daemon.wait_for("replication_started")
+    writer = Writer(pg, seed=7)
+    try:
+        for _ in range(10):
+            writer.transaction()
+        assert daemon.terminate(10.0) == 0
+        assert any(e.get("event") == "job_stopped" for e in daemon.events())
+        for _ in range(10):
+            writer.transaction()  # while the daemon is down: the slot keeps them
+        daemon.start()
+        daemon.wait_for("replication_started")
+        for _ in range(10):
+            writer.transaction()
+    finally:
+        writer.close()
+    expected = wait_caught_up(pg, files, daemon)
+    assert_no_duplicate_ids(files)
+    assert daemon.terminate(10.0) == 0
+    assert_clean_log(daemon)
+    assert sink_rows(files, ITEMS, durable_only=False) == expected
+
+
+def _changes(files: JobFiles, table: str) -> list[tuple[str, Any, Any]]:
+    """``(op, before, after)`` of every event of `table` in the sink, in order."""
+    schema, name = table.split(".")
+    return [
+        (e["op"], e["before"], e["after"])
+        for e in envelopes(files.sink)
+        if e["source"]["schema"] == schema and e["source"]["table"] == name
+    ]
+
+
+@pytest.mark.parametrize("identity", ["default", "full"])
+def test_replica_identity_decides_the_before_image(
+    pg: PgDatabase, tmp_path: Path, daemons: Daemons, identity: str
+) -> None:
+    """DEFAULT: deletes and key moves carry the key only (others null); FULL: the whole old row."""
+    pg.execute("CREATE TABLE notes (id int PRIMARY KEY, body text, n int)")
+    if identity == "full":
+        pg.execute("ALTER TABLE notes REPLICA IDENTITY FULL")
+    files, _ = make_job(pg, tmp_path)
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    daemon.wait_for("replication_started")
+    pg.execute("INSERT INTO notes VALUES (1, 'one', 10), (2, 'two', 20), (3, 'three', 30)")
+    pg.execute("UPDATE notes SET n = 11 WHERE id = 1")
+    pg.execute("UPDATE notes SET id = 4 WHERE id = 2")
+    pg.execute("DELETE FROM notes WHERE id = 1")
+    expected = source_rows(pg, "public.notes")
+    wait_until(lambda: len(_changes(files, "public.notes")) == 6, CATCH_UP_S, "six events of notes")
+    assert daemon.terminate(10.0) == 0
+    assert_clean_log(daemon)
+    assert rebuild(files.sink).get("public.notes") == expected
+
+    def old(id_: int, body: str, n: int) -> dict[str, Any]:
+        return {"id": id_, "body": body, "n": n} if identity == "full" else {"id": id_, "body": None, "n": None}
+
+    assert _changes(files, "public.notes") == [
+        ("c", None, {"id": 1, "body": "one", "n": 10}),
+        ("c", None, {"id": 2, "body": "two", "n": 20}),
+        ("c", None, {"id": 3, "body": "three", "n": 30}),
+        ("u", old(1, "one", 10) if identity == "full" else None, {"id": 1, "body": "one", "n": 11}),
+        ("u", old(2, "two", 20), {"id": 4, "body": "two", "n": 20}),
+        ("d", old(1, "one", 11), None),
+    ]
