@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -12,31 +11,13 @@ from cdc.events import (
     UNCHANGED,
     WHOLE_TRANSACTION,
     ChangeBatch,
-    Column,
     Op,
     Position,
     RowChange,
-    TableChanges,
-    TableId,
-    TableSchema,
     Transaction,
     min_position,
 )
-from connectors.postgres import types as pg
-from connectors.postgres.types import PgRowCodec
-
-TS = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
-ORDERS = TableSchema(
-    TableId("shop", "public", "orders"),
-    (Column("id", "int8", pg.INT8, key=True), Column("total", "numeric", pg.NUMERIC),
-     Column("note", "text", pg.TEXT)),
-)
-USERS = TableSchema(TableId("shop", "public", "users"), (Column("name", "text", pg.TEXT),))
-
-
-def table(schema: TableSchema, changes: list[RowChange]) -> TableChanges:
-    """TableChanges of `schema` with its PostgreSQL codec."""
-    return TableChanges(schema, PgRowCodec(schema.columns), changes)
+from tests.builders import ORDERS, TS, USERS, table
 
 
 def two_transactions() -> ChangeBatch:

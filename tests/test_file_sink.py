@@ -19,30 +19,18 @@ from cdc.events import (
     Column,
     Position,
     RowChange,
-    TableChanges,
     TableId,
     TableSchema,
     Transaction,
 )
 from cdc.sink import SourceInfo
 from connectors.postgres import types as pg
-from connectors.postgres.types import PgRowCodec
 from sinks.eventlog.file import STATE_FILE, FileSink, segment_name, table_dir_name
+from tests.builders import ORDERS, TS, USERS, table
 
-TS = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 TS_MS = 1767323045123
 INFO = SourceInfo(connector="postgresql", name="shop", database="shopdb")
-ORDERS = TableSchema(
-    TableId("shop", "public", "orders"),
-    (Column("id", "int8", pg.INT8, key=True), Column("total", "numeric", pg.NUMERIC),
-     Column("note", "text", pg.TEXT)),
-)
-USERS = TableSchema(TableId("shop", "public", "users"), (Column("name", "text", pg.TEXT),))
 
-
-def table(schema: TableSchema, changes: list[RowChange]) -> TableChanges:
-    """TableChanges of `schema` with its PostgreSQL codec."""
-    return TableChanges(schema, PgRowCodec(schema.columns), changes)
 
 
 def orders_batch(commit: int, ids: range, *, xid: int = 7) -> ChangeBatch:
