@@ -33,9 +33,10 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import ClassVar, Self
 from urllib.parse import quote
 
 import psycopg
@@ -158,49 +159,45 @@ def _find_program(names: Sequence[str]) -> str:
     raise SandboxError(f"none of {', '.join(names)} is installed (searched PATH, /usr/sbin, /usr/bin)")
 
 
-class DisposablePostgres:
-    """A private PostgreSQL server in a temporary directory, ready for logical replication.
+class _DisposableServer:
+    """What `DisposablePostgres` and `DisposableMariaDB` share.
 
-    The server listens on 127.0.0.1 only, trusts every local and 127.0.0.1 connection
-    (including replication connections) for every user, and runs with
-    ``wal_level=logical``, ``fsync=off``, ``synchronous_commit=off`` and
-    ``full_page_writes=off``. With ``synchronous_commit=off`` an *immediate* restart
-    (a simulated crash) may lose transactions committed in the last few hundred
-    milliseconds; sessions whose commits must survive one should
-    ``SET synchronous_commit = on`` (cheap here since fsync is off).
-
-    Construct, then `start()` (or use it as a context manager), and `stop()` at the
-    end; `stop()` is idempotent and deletes ``base_dir``.
+    The port, the directories the server owns, the start/stop skeleton (create the
+    directories, set up, start with retries on a taken port, clean up on failure),
+    the context manager and the atexit hook. A subclass sets the class attributes
+    below and implements `stop()` (with `_stop_and_clean`), `_set_up()` and
+    `_try_start()`.
     """
+
+    #: The server's name in messages ("the PostgreSQL sandbox has not been started").
+    _KIND: ClassVar[str]
+    #: What a `settings` key is called in the error for an invalid one.
+    _SETTING_WORD: ClassVar[str]
+    #: File name of the server log in `base_dir`.
+    _LOG_NAME: ClassVar[str]
+    #: Name prefixes of the temporary base directory and socket directory.
+    _BASE_PREFIX: ClassVar[str]
+    _SOCKET_PREFIX: ClassVar[str]
+    #: Lowercased log text saying the TCP port was taken by another process.
+    _PORT_TAKEN: ClassVar[tuple[str, ...]]
 
     def __init__(
         self,
         *,
-        base_dir: Path | None = None,
-        port: int | None = None,
-        settings: Mapping[str, str] | None = None,
+        base_dir: Path | None,
+        port: int | None,
+        settings: Mapping[str, str] | None,
     ) -> None:
-        """Describe a server; nothing runs until `start()`.
-
-        `base_dir` is the directory the server owns (created if missing, deleted by
-        `stop()`); by default a new ``/tmp/cdc-pg-*`` directory. `port` is the TCP
-        port, by default a free one. `settings` are extra ``postgresql.conf``
-        parameters, unquoted values (``{"max_connections": "50"}``), that override
-        the sandbox's own.
-        """
+        """Check the setting names and record the state common to both servers."""
         for name in settings or {}:
             if not _SETTING_NAME.match(name):
-                raise ValueError(f"invalid PostgreSQL setting name: {name!r}")
+                raise ValueError(f"invalid {self._KIND} {self._SETTING_WORD}: {name!r}")
         self._requested_base = base_dir
         self._port_fixed = port is not None
         self._port = port if port is not None else free_port()
-        self._settings = dict(settings or {})
-        self._bin_dir = find_postgres_bin_dir()
-        self._as_system_user = os.geteuid() == 0
         self._base: Path | None = None
         self._socket_dir: Path | None = None
         self._own_socket_dir = False
-        self._conf_original: str | None = None
         self._running = False
         self._owner_pid = os.getpid()
 
@@ -217,62 +214,43 @@ class DisposablePostgres:
         return "127.0.0.1"
 
     @property
-    def bin_dir(self) -> Path:
-        """Directory of the PostgreSQL binaries in use."""
-        return self._bin_dir
-
-    @property
     def base_dir(self) -> Path:
-        """Directory holding the data directory and the log; raises before `start()`."""
+        """Directory holding the data directory and the server's logs; raises before `start()`."""
         if self._base is None:
-            raise SandboxError("the PostgreSQL sandbox has not been started")
+            raise SandboxError(f"the {self._KIND} sandbox has not been started")
         return self._base
 
     @property
     def data_dir(self) -> Path:
-        """The cluster's data directory (PGDATA); raises before `start()`."""
+        """The server's data directory, ``base_dir / "data"``; raises before `start()`."""
         return self.base_dir / "data"
 
     @property
     def log_path(self) -> Path:
-        """The server log written by ``pg_ctl -l``; raises before `start()`."""
-        return self.base_dir / "postgres.log"
-
-    @property
-    def socket_dir(self) -> Path:
-        """Directory of the server's Unix socket; raises before `start()`."""
-        if self._socket_dir is None:
-            raise SandboxError("the PostgreSQL sandbox has not been started")
-        return self._socket_dir
+        """The server log in `base_dir`; raises before `start()`."""
+        return self.base_dir / self._LOG_NAME
 
     @property
     def running(self) -> bool:
         """Whether `start()` succeeded and `stop()` has not been called since."""
         return self._running
 
-    def dsn(self, dbname: str = "postgres", user: str = "postgres") -> str:
-        """Return a libpq URL ``postgresql://user@127.0.0.1:PORT/dbname`` (no password needed)."""
-        return f"postgresql://{quote(user, safe='')}@127.0.0.1:{self._port}/{quote(dbname, safe='')}"
-
     # -- lifecycle --------------------------------------------------------------------------
 
-    def start(self) -> DisposablePostgres:
-        """Create the cluster, start the server and wait until it accepts connections.
+    def start(self) -> Self:
+        """Set up the server's files, start it and wait until it accepts connections.
 
         Returns self. Raises `SandboxError` (with the tail of the relevant log) when
-        initdb or the server fails; everything created so far is removed first.
-        Raises `SandboxError` when already started.
+        setting up or starting the server fails; everything created so far is
+        removed first. Raises `SandboxError` when already started.
         """
         if self._base is not None:
-            raise SandboxError("the PostgreSQL sandbox was already started")
+            raise SandboxError(f"the {self._KIND} sandbox was already started")
         atexit.register(self._stop_at_exit)
         try:
-            self._base = _make_base_dir(self._requested_base, "cdc-pg-")
-            self._socket_dir, self._own_socket_dir = _short_dir_for_sockets(self._base, "cdc-pgs-")
-            if self._as_system_user:
-                self._hand_over_to_system_user()
-            self._initdb()
-            self._write_hba()
+            self._base = _make_base_dir(self._requested_base, self._BASE_PREFIX)
+            self._socket_dir, self._own_socket_dir = _short_dir_for_sockets(self._base, self._SOCKET_PREFIX)
+            self._set_up()
             self._start_server()
         except BaseException:
             self.stop()
@@ -281,24 +259,155 @@ class DisposablePostgres:
         return self
 
     def stop(self) -> None:
+        """Stop the server and delete its files; idempotent (each subclass implements it)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        """Start the server unless it is already running, and return it."""
+        if not self._running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the server and delete its files."""
+        self.stop()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _set_up(self) -> None:
+        """Create the data directory in `base_dir`, before the first start."""
+        raise NotImplementedError
+
+    def _try_start(self) -> str | None:
+        """Start the server once and wait for it; return None when it accepts connections.
+
+        Otherwise return why it failed, with the server stopped again.
+        """
+        raise NotImplementedError
+
+    def _started_socket_dir(self) -> Path:
+        """The directory of the server's Unix socket; raises before `start()`."""
+        if self._socket_dir is None:
+            raise SandboxError(f"the {self._KIND} sandbox has not been started")
+        return self._socket_dir
+
+    def _stop_and_clean(self, shut_down: Callable[[], None]) -> None:
+        """Body of `stop()`: run `shut_down`, then delete every directory, whatever happens."""
+        atexit.unregister(self._stop_at_exit)
+        self._running = False
+        try:
+            shut_down()
+        finally:
+            if self._own_socket_dir:
+                _remove_tree(self._socket_dir)
+            _remove_tree(self._base)
+            self._base = None
+            self._socket_dir = None
+            self._own_socket_dir = False
+
+    def _stop_at_exit(self) -> None:
+        """atexit hook: stop the server, but only in the process that started it."""
+        if os.getpid() == self._owner_pid:
+            self.stop()
+
+    def _start_server(self) -> None:
+        """Start the server; when we picked the port and it got taken, retry on another one."""
+        attempts = 1 if self._port_fixed else 4
+        for attempt in range(attempts):
+            log_size = self.log_path.stat().st_size if self.log_path.exists() else 0
+            failure = self._try_start()
+            if failure is None:
+                return
+            if attempt + 1 < attempts:
+                new_log = self._log_since(log_size)
+                if any(marker in new_log for marker in self._PORT_TAKEN):
+                    self._port = free_port()
+                    continue
+            raise SandboxError(failure)
+
+    def _log_since(self, offset: int) -> str:
+        """Return the server log written after byte `offset`, lowercased."""
+        with contextlib.suppress(OSError), self.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode("utf-8", "replace").lower()
+        return ""
+
+
+class DisposablePostgres(_DisposableServer):
+    """A private PostgreSQL server in a temporary directory, ready for logical replication.
+
+    The server listens on 127.0.0.1 only, trusts every local and 127.0.0.1 connection
+    (including replication connections) for every user, and runs with
+    ``wal_level=logical``, ``fsync=off``, ``synchronous_commit=off`` and
+    ``full_page_writes=off``. With ``synchronous_commit=off`` an *immediate* restart
+    (a simulated crash) may lose transactions committed in the last few hundred
+    milliseconds; sessions whose commits must survive one should
+    ``SET synchronous_commit = on`` (cheap here since fsync is off).
+
+    Construct, then `start()` (or use it as a context manager), and `stop()` at the
+    end; `stop()` is idempotent and deletes ``base_dir``. ``data_dir`` is the
+    cluster's data directory (PGDATA) and ``log_path`` the log written by
+    ``pg_ctl -l``.
+    """
+
+    _KIND = "PostgreSQL"
+    _SETTING_WORD = "setting name"
+    _LOG_NAME = "postgres.log"
+    _BASE_PREFIX = "cdc-pg-"
+    _SOCKET_PREFIX = "cdc-pgs-"
+    _PORT_TAKEN = ("could not bind",)
+
+    def __init__(
+        self,
+        *,
+        base_dir: Path | None = None,
+        port: int | None = None,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        """Describe a server; nothing runs until `start()`.
+
+        `base_dir` is the directory the server owns (created if missing, deleted by
+        `stop()`); by default a new ``/tmp/cdc-pg-*`` directory. `port` is the TCP
+        port, by default a free one. `settings` are extra ``postgresql.conf``
+        parameters, unquoted values (``{"max_connections": "50"}``), that override
+        the sandbox's own.
+        """
+        super().__init__(base_dir=base_dir, port=port, settings=settings)
+        self._settings = dict(settings or {})
+        self._bin_dir = find_postgres_bin_dir()
+        self._as_system_user = os.geteuid() == 0
+        self._conf_original: str | None = None
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def bin_dir(self) -> Path:
+        """Directory of the PostgreSQL binaries in use."""
+        return self._bin_dir
+
+    @property
+    def socket_dir(self) -> Path:
+        """Directory of the server's Unix socket; raises before `start()`."""
+        return self._started_socket_dir()
+
+    def dsn(self, dbname: str = "postgres", user: str = "postgres") -> str:
+        """Return a libpq URL ``postgresql://user@127.0.0.1:PORT/dbname`` (no password needed)."""
+        return f"postgresql://{quote(user, safe='')}@127.0.0.1:{self._port}/{quote(dbname, safe='')}"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def stop(self) -> None:
         """Stop the server (``pg_ctl stop -m fast``, harder if needed) and delete its files.
 
         Idempotent and safe in any state: before `start()`, after a failed start, or
         twice. Never raises for a server that is already gone.
         """
-        atexit.unregister(self._stop_at_exit)
-        self._running = False
-        base = self._base
-        try:
-            if base is not None and (base / "data" / "postmaster.pid").exists():
-                self._shut_down(base / "data")
-        finally:
-            if self._own_socket_dir:
-                _remove_tree(self._socket_dir)
-            _remove_tree(base)
-            self._base = None
-            self._socket_dir = None
-            self._own_socket_dir = False
+        self._stop_and_clean(self._shut_down_if_started)
 
     def restart(self, mode: str = "fast") -> None:
         """Restart the server with ``pg_ctl restart -m MODE`` and wait until it accepts connections.
@@ -315,21 +424,6 @@ class DisposablePostgres:
         if result.returncode != 0:
             raise SandboxError(self._failure("pg_ctl restart", result))
         self._wait_until_accepting()
-
-    def __enter__(self) -> DisposablePostgres:
-        """Start the server unless it is already running, and return it."""
-        if not self._running:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the server and delete its files."""
-        self.stop()
 
     # -- databases --------------------------------------------------------------------------
 
@@ -374,10 +468,12 @@ class DisposablePostgres:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _stop_at_exit(self) -> None:
-        """atexit hook: stop the server, but only in the process that started it."""
-        if os.getpid() == self._owner_pid:
-            self.stop()
+    def _set_up(self) -> None:
+        """Create the cluster (as the ``postgres`` user when we are root) and its pg_hba.conf."""
+        if self._as_system_user:
+            self._hand_over_to_system_user()
+        self._initdb()
+        self._write_hba()
 
     def _hand_over_to_system_user(self) -> None:
         """Give the server's directories to the ``postgres`` user and check it can reach them."""
@@ -514,27 +610,14 @@ class DisposablePostgres:
             encoding="utf-8",
         )
 
-    def _start_server(self) -> None:
-        """Start the server; when we picked the port and it got taken, retry on another one."""
-        attempts = 1 if self._port_fixed else 4
-        for attempt in range(attempts):
-            self._write_config()
-            log_size = self.log_path.stat().st_size if self.log_path.exists() else 0
-            result = self._pg_ctl("start", "-l", str(self.log_path))
-            if result.returncode == 0:
-                self._wait_until_accepting()
-                return
-            if attempt + 1 < attempts and "could not bind" in self._log_since(log_size):
-                self._port = free_port()
-                continue
-            raise SandboxError(self._failure("pg_ctl start", result))
-
-    def _log_since(self, offset: int) -> str:
-        """Return the server log written after byte `offset`, lowercased."""
-        with contextlib.suppress(OSError), self.log_path.open("rb") as log:
-            log.seek(offset)
-            return log.read().decode("utf-8", "replace").lower()
-        return ""
+    def _try_start(self) -> str | None:
+        """Write the config and run ``pg_ctl start``; None once the server accepts connections."""
+        self._write_config()
+        result = self._pg_ctl("start", "-l", str(self.log_path))
+        if result.returncode != 0:
+            return self._failure("pg_ctl start", result)
+        self._wait_until_accepting()
+        return None
 
     def _wait_until_accepting(self, timeout: float = 30.0) -> None:
         """Poll with real connections until the server accepts one; raises `SandboxError` on timeout."""
@@ -552,6 +635,11 @@ class DisposablePostgres:
                     ) from err
                 time.sleep(0.05)
 
+    def _shut_down_if_started(self) -> None:
+        """Stop the postmaster if `start()` got as far as starting one."""
+        if self._base is not None and (self._base / "data" / "postmaster.pid").exists():
+            self._shut_down(self._base / "data")
+
     def _shut_down(self, data_dir: Path) -> None:
         """Stop the postmaster of `data_dir`: fast, then immediate, then SIGKILL."""
         for mode in ("fast", "immediate"):
@@ -566,7 +654,7 @@ class DisposablePostgres:
                 os.kill(pid, signal.SIGKILL)
 
 
-class DisposableMariaDB:
+class DisposableMariaDB(_DisposableServer):
     """A private MariaDB server in a temporary directory, with a full row-based binlog.
 
     The server listens on 127.0.0.1 only; ``root`` has an empty password. It runs
@@ -576,8 +664,17 @@ class DisposableMariaDB:
     OS crash could lose them). Queries go through the ``mariadb`` command-line client.
 
     Construct, then `start()` (or use it as a context manager), and `stop()` at the
-    end; `stop()` is idempotent and deletes ``base_dir``.
+    end; `stop()` is idempotent and deletes ``base_dir``, which also holds the pid
+    file. ``data_dir`` holds the binlogs too and ``log_path`` is the server's error
+    log (``--log-error``).
     """
+
+    _KIND = "MariaDB"
+    _SETTING_WORD = "option name"
+    _LOG_NAME = "mariadb.err"
+    _BASE_PREFIX = "cdc-mariadb-"
+    _SOCKET_PREFIX = "cdc-mys-"
+    _PORT_TAKEN = ("address already in use", "bind on tcp")
 
     #: Settings the sandbox passes unless the caller's `settings` override them.
     DEFAULT_SETTINGS: Mapping[str, str] = {"innodb-flush-log-at-trx-commit": "2"}
@@ -597,12 +694,7 @@ class DisposableMariaDB:
         server options (``{"max-connections": "50"}``; ``_`` and ``-`` are the same),
         placed last so they override the sandbox's own.
         """
-        for name in settings or {}:
-            if not _SETTING_NAME.match(name):
-                raise ValueError(f"invalid MariaDB option name: {name!r}")
-        self._requested_base = base_dir
-        self._port_fixed = port is not None
-        self._port = port if port is not None else free_port()
+        super().__init__(base_dir=base_dir, port=port, settings=settings)
         merged = {key.replace("_", "-"): value for key, value in self.DEFAULT_SETTINGS.items()}
         merged.update({key.replace("_", "-"): value for key, value in (settings or {}).items()})
         self._settings = merged
@@ -610,24 +702,9 @@ class DisposableMariaDB:
         self._install_bin = _find_program(["mariadb-install-db", "mysql_install_db"])
         self._client_bin = _find_program(["mariadb", "mysql"])
         self._is_root = os.geteuid() == 0
-        self._base: Path | None = None
-        self._socket_dir: Path | None = None
-        self._own_socket_dir = False
         self._process: subprocess.Popen[bytes] | None = None
-        self._running = False
-        self._owner_pid = os.getpid()
 
     # -- properties -------------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        """TCP port on 127.0.0.1; final once `start()` has returned."""
-        return self._port
-
-    @property
-    def host(self) -> str:
-        """Address the server listens on: always ``127.0.0.1``."""
-        return "127.0.0.1"
 
     @property
     def user(self) -> str:
@@ -640,88 +717,18 @@ class DisposableMariaDB:
         return ""
 
     @property
-    def base_dir(self) -> Path:
-        """Directory holding the data directory, logs and pid file; raises before `start()`."""
-        if self._base is None:
-            raise SandboxError("the MariaDB sandbox has not been started")
-        return self._base
-
-    @property
-    def data_dir(self) -> Path:
-        """The server's data directory (binlogs included); raises before `start()`."""
-        return self.base_dir / "data"
-
-    @property
-    def log_path(self) -> Path:
-        """The server's error log (``--log-error``); raises before `start()`."""
-        return self.base_dir / "mariadb.err"
-
-    @property
     def socket_path(self) -> Path:
         """The server's Unix socket; raises before `start()`."""
-        if self._socket_dir is None:
-            raise SandboxError("the MariaDB sandbox has not been started")
-        return self._socket_dir / "mysqld.sock"
-
-    @property
-    def running(self) -> bool:
-        """Whether `start()` succeeded and `stop()` has not been called since."""
-        return self._running
+        return self._started_socket_dir() / "mysqld.sock"
 
     # -- lifecycle --------------------------------------------------------------------------
-
-    def start(self) -> DisposableMariaDB:
-        """Create the data directory, start the server and wait until root can log in over TCP.
-
-        Returns self. Raises `SandboxError` (with the tail of the relevant log) when
-        installation or the server fails; everything created so far is removed first.
-        Raises `SandboxError` when already started.
-        """
-        if self._base is not None:
-            raise SandboxError("the MariaDB sandbox was already started")
-        atexit.register(self._stop_at_exit)
-        try:
-            self._base = _make_base_dir(self._requested_base, "cdc-mariadb-")
-            self._socket_dir, self._own_socket_dir = _short_dir_for_sockets(self._base, "cdc-mys-")
-            self._install()
-            self._start_server()
-        except BaseException:
-            self.stop()
-            raise
-        self._running = True
-        return self
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after `timeout` seconds) and delete its files.
 
         Idempotent and safe in any state: before `start()`, after a failed start, or twice.
         """
-        atexit.unregister(self._stop_at_exit)
-        self._running = False
-        try:
-            self._terminate(timeout)
-        finally:
-            if self._own_socket_dir:
-                _remove_tree(self._socket_dir)
-            _remove_tree(self._base)
-            self._base = None
-            self._socket_dir = None
-            self._own_socket_dir = False
-
-    def __enter__(self) -> DisposableMariaDB:
-        """Start the server unless it is already running, and return it."""
-        if not self._running:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the server and delete its files."""
-        self.stop()
+        self._stop_and_clean(lambda: self._terminate(timeout))
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -756,11 +763,6 @@ class DisposableMariaDB:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _stop_at_exit(self) -> None:
-        """atexit hook: stop the server, but only in the process that started it."""
-        if os.getpid() == self._owner_pid:
-            self.stop()
-
     def _client(
         self, statements: str, *, database: str | None, timeout: float
     ) -> subprocess.CompletedProcess[str]:
@@ -784,6 +786,10 @@ class DisposableMariaDB:
             )
         except subprocess.TimeoutExpired as err:
             raise SandboxError(f"mariadb client did not finish within {timeout:.0f}s") from err
+
+    def _set_up(self) -> None:
+        """Create the data directory with mariadb-install-db."""
+        self._install()
 
     def _install(self) -> None:
         """Run mariadb-install-db: system tables, root@localhost/127.0.0.1 with no password."""
@@ -839,42 +845,28 @@ class DisposableMariaDB:
         argv.extend(f"--{key}={value}" for key, value in self._settings.items())
         return argv
 
-    def _start_server(self) -> None:
-        """Start mariadbd; when we picked the port and it got taken, retry on another one."""
-        attempts = 1 if self._port_fixed else 4
+    def _try_start(self) -> str | None:
+        """Start mariadbd; None once root can log in, else why not (with mariadbd stopped)."""
         console_path = self.base_dir / "mariadbd.out"
-        for attempt in range(attempts):
-            log_size = self.log_path.stat().st_size if self.log_path.exists() else 0
-            self.socket_path.unlink(missing_ok=True)
-            with console_path.open("ab") as console:
-                self._process = subprocess.Popen(
-                    self._server_argv(),
-                    cwd=self.base_dir,
-                    stdin=subprocess.DEVNULL,
-                    stdout=console,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            error = self._wait_until_accepting()
-            if error is None:
-                return
-            self._terminate(5.0)
-            new_log = self._log_since(log_size)
-            if attempt + 1 < attempts and ("address already in use" in new_log or "bind on tcp" in new_log):
-                self._port = free_port()
-                continue
-            raise SandboxError(
-                f"mariadbd failed to start in {self.base_dir}: {error}\n"
-                f"--- tail of {self.log_path.name} ---\n{_tail(self.log_path)}\n"
-                f"--- tail of {console_path.name} ---\n{_tail(console_path)}"
+        self.socket_path.unlink(missing_ok=True)
+        with console_path.open("ab") as console:
+            self._process = subprocess.Popen(
+                self._server_argv(),
+                cwd=self.base_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
-
-    def _log_since(self, offset: int) -> str:
-        """Return the error log written after byte `offset`, lowercased."""
-        with contextlib.suppress(OSError), self.log_path.open("rb") as log:
-            log.seek(offset)
-            return log.read().decode("utf-8", "replace").lower()
-        return ""
+        error = self._wait_until_accepting()
+        if error is None:
+            return None
+        self._terminate(5.0)
+        return (
+            f"mariadbd failed to start in {self.base_dir}: {error}\n"
+            f"--- tail of {self.log_path.name} ---\n{_tail(self.log_path)}\n"
+            f"--- tail of {console_path.name} ---\n{_tail(console_path)}"
+        )
 
     def _wait_until_accepting(self, timeout: float = 60.0) -> str | None:
         """Wait until root can log in over TCP; return None then, or why it never happened."""

@@ -18,7 +18,7 @@ from psycopg import sql
 from cdc import __version__
 from cdc.sandbox import DisposablePostgres, free_port
 from integration.conftest import PgDatabase, unique_name
-from integration.daemon import JobFiles, job_config, run_cdc, write_config
+from integration.daemon import JobFiles, job_config, run_cdc, wait_until, write_config
 
 
 def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
@@ -121,6 +121,29 @@ def test_missing_table(pg: PgDatabase, tmp_path: Path) -> None:
     assert_user_error(result, files, "public.nope", "does not exist")
     assert slots_named(pg, slot) == []
     assert pg.query("SELECT pubname FROM pg_publication WHERE pubname = %s", (publication,)) == []
+
+
+def test_slot_in_use(pg: PgDatabase, tmp_path: Path) -> None:
+    """A slot held by another replication client fails naming the slot and the holder's process."""
+    files = JobFiles(tmp_path)
+    pg.execute("CREATE TABLE present (id int PRIMARY KEY)")
+    slot, publication = pg.name("slot"), pg.name("pub")
+    pg.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+    pg.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE present").format(sql.Identifier(publication)))
+    holder = subprocess.Popen(
+        [str(pg.server.bin_dir / "pg_recvlogical"), "-d", pg.dsn, "--slot", slot, "--start", "-f", "/dev/null",
+         "-o", "proto_version=1", "-o", f"publication_names={publication}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: pg.query("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+                   == [(True,)], 10, "pg_recvlogical to hold the slot")
+        write_config(files, job_config(files, dsn=pg.dsn, slot=slot, publication=publication, connect_timeout_s=1))
+        result = run_cdc("run", files.config, timeout=60)
+        assert_user_error(result, files, f"replication slot {slot} is in use", "choose another slot name")
+    finally:
+        holder.terminate()
+        holder.wait(10)
 
 
 @pytest.fixture

@@ -116,7 +116,7 @@ class PostgresSource:
             cur = await conn.execute("SELECT current_database()")
             row = await cur.fetchone()
             assert row is not None
-            slot = await catalog.ensure_slot(conn, cfg.slot, str(row[0]), self.where)
+            slot = await catalog.ensure_slot(conn, cfg.slot, str(row[0]), self.where, wait_s=cfg.connect_timeout_s)
             cur = await conn.execute("SELECT oid::bigint, format_type(oid, NULL) FROM pg_type")
             self._type_names = {int(o): str(n) for o, n in await cur.fetchall()}
         except psycopg.OperationalError as err:
