@@ -13,9 +13,12 @@ import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from cdc.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class Op(enum.StrEnum):
@@ -155,6 +158,18 @@ class RowCodec(Protocol):
 
     def key_json(self, row: RawRow) -> bytes:
         """A JSON object of the key columns, or ``null`` when the table has no key."""
+        ...
+
+    def arrow_schema(self) -> pa.Schema:
+        """The Arrow type of every column, in column order (the documented mapping)."""
+        ...
+
+    def to_arrow(self, rows: Sequence[RawRow | None]) -> list[pa.Array]:
+        """One Arrow array per column over `rows`, converted per column, not per value.
+
+        A None row, a NULL value and an `UNCHANGED` value are all null here; callers that
+        must tell them apart (mirror sinks keep unchanged values) check `UNCHANGED` themselves.
+        """
         ...
 
 

@@ -37,6 +37,8 @@ from decimal import Decimal
 from typing import Any, Final
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from cdc.events import UNCHANGED, Column, RawRow
 
@@ -187,6 +189,17 @@ _PYTHON: Final[dict[int, _PyConvert]] = {
     UUID: uuid.UUID,
 }
 
+#: Arrow types of the columns whose text casts exactly; every other type is a string.
+_ARROW: Final[dict[int, pa.DataType]] = {
+    INT2: pa.int16(),
+    INT4: pa.int32(),
+    INT8: pa.int64(),
+    OID: pa.int64(),
+    FLOAT4: pa.float32(),
+    FLOAT8: pa.float64(),
+    BOOL: pa.bool_(),
+}
+
 #: Types whose text form is already a JSON literal (never NULL-free, never TOASTed).
 _INLINE_JSON: Final = frozenset({INT2, INT4, INT8, OID})
 
@@ -226,6 +239,25 @@ class PgRowCodec:
             self.key_json: Callable[[RawRow], bytes] = key_of
         else:
             self.key_json = _null_key
+
+    def arrow_schema(self) -> pa.Schema:
+        """The Arrow type of every column (see `_ARROW`; text for unmapped types)."""
+        return pa.schema([pa.field(c.name, _ARROW.get(c.type_oid, pa.string())) for c in self._columns])
+
+    def to_arrow(self, rows: Sequence[RawRow | None]) -> list[pa.Array]:
+        """Per column: gather the text values (UNCHANGED and missing rows as null), then one cast."""
+        out = []
+        for i, field in enumerate(self.arrow_schema()):
+            texts = [
+                None if row is None or (v := row[i]) is None or v is UNCHANGED else v
+                for row in rows
+            ]
+            raw = pa.array(texts, pa.binary())
+            if field.type == pa.bool_():
+                out.append(pc.equal(raw.cast(pa.string()), "t"))
+            else:
+                out.append(raw.cast(pa.string()).cast(field.type))
+        return out
 
     def to_python(self, row: RawRow) -> tuple[Any, ...]:
         """Python values in column order; NULL is None and `UNCHANGED` stays `UNCHANGED`."""
