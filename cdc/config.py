@@ -41,7 +41,12 @@ class PostgresSourceConfig(_Strict):
     publication: str = Field(pattern=_NAME)
     status_interval_s: float = Field(default=10.0, gt=0)
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    heartbeat_message_interval_s: float | None = Field(default=None, gt=0)
     connect_timeout_s: int = Field(default=10, ge=1)
+    streaming: bool = True
+    messages: list[str] = Field(default_factory=list)
+    on_slot_lost: Literal["fail"] = "fail"
+    lag_interval_s: float = Field(default=30.0, gt=0)
 
 
 class FileSinkConfig(_Strict):

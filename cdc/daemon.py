@@ -90,7 +90,7 @@ class Daemon:
                 return
             except CdcError as err:
                 outcome.events += pipeline.stats.events
-                streamed = pipeline.stats.batches > 0 or outcome.streamed
+                streamed = pipeline.stats.streaming or outcome.streamed
                 outcome.streamed = streamed
                 exhausted = job.retry.max_attempts is not None and outcome.attempts >= job.retry.max_attempts
                 if not err.retryable or not streamed or exhausted:

@@ -34,7 +34,13 @@ class SourceConnectionError(SourceError):
 
 
 class SourceUnreachableError(SourceError):
-    """The source cannot be reached at startup: wrong host, port or credentials."""
+    """The source cannot be reached: wrong host, port or credentials, or the server is down.
+
+    Retryable once the job has streamed (a server restart); at a job's first start the
+    daemon treats it as a setup mistake and stops the job.
+    """
+
+    retryable = True
 
 
 class SourceSetupError(SourceError):

@@ -62,6 +62,7 @@ class JobStats:
 
     events: int = 0
     batches: int = 0
+    streaming: bool = False  # the source started: later failures are not setup mistakes
     acknowledged: Position | None = None
     started: float = field(default_factory=time.monotonic)
 
@@ -103,6 +104,7 @@ class Pipeline:
             self._log.info("job_starting", resume_from=str(resume) if resume else None,
                            sinks={k: str(v) if v else None for k, v in held.items()})
             await self.source.start(resume)
+            self.stats.streaming = True
             producer = asyncio.create_task(self._produce(stop), name=f"{self.job}-source")
             consumer = asyncio.create_task(self._consume(), name=f"{self.job}-sinks")
             try:

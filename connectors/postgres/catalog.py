@@ -158,15 +158,20 @@ async def slot_info(conn: psycopg.AsyncConnection[tuple[object, ...]], slot: str
 
 async def ensure_slot(
     conn: psycopg.AsyncConnection[tuple[object, ...]], slot: str, database: str, where: str,
-    *, wait_s: float = 15.0,
-) -> SlotInfo:
-    """Create the logical slot (pgoutput) if missing; check it belongs to this database.
+    *, wait_s: float = 15.0, create: bool = True,
+) -> SlotInfo | None:
+    """Create the logical slot (pgoutput) if missing and `create`; check it belongs to this database.
+
+    Returns None when the slot is missing and `create` is false (it was dropped under a job
+    whose sinks hold data: a new slot would silently skip the changes in between).
 
     A slot held by another process is waited for up to `wait_s` (a killed daemon's
     walsender takes a moment to notice), then a `SlotInUseError`.
     """
     info = await slot_info(conn, slot)
     created = False
+    if info is None and not create:
+        return None
     if info is None:
         try:
             await conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))

@@ -35,11 +35,14 @@ class ReplicationStream:
 
     @classmethod
     async def open(
-        cls, conninfo: str, slot: str, publication: str, start_lsn: int, where: str, *, connect_timeout: int
+        cls, conninfo: str, slot: str, publication: str, start_lsn: int, where: str, *, connect_timeout: int,
+        protocol: int = 1, streaming: bool = False, messages: bool = False,
     ) -> ReplicationStream:
         """Connect in replication mode and start streaming `slot` from `start_lsn`.
 
         The server starts at the later of `start_lsn` and the slot's confirmed position.
+        `protocol` 2 with `streaming` sends large in-progress transactions in stream blocks;
+        `messages` asks for ``pg_logical_emit_message`` messages.
         """
         try:
             conn = await psycopg.AsyncConnection.connect(
@@ -52,8 +55,14 @@ class ReplicationStream:
             )
         except psycopg.OperationalError as err:
             raise SourceConnectionError(f"{where}: replication connection failed: {first_line(err)}") from err
-        query = sql.SQL("START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {})").format(
-            sql.Identifier(slot), sql.SQL(format_lsn(start_lsn)), sql.Literal(publication)
+        options: list[sql.Composable] = [sql.SQL("proto_version {}").format(sql.Literal(str(protocol))),
+                   sql.SQL("publication_names {}").format(sql.Literal(publication))]
+        if streaming:
+            options.append(sql.SQL("streaming 'on'"))
+        if messages:
+            options.append(sql.SQL("messages 'true'"))
+        query = sql.SQL("START_REPLICATION SLOT {} LOGICAL {} ({})").format(
+            sql.Identifier(slot), sql.SQL(format_lsn(start_lsn)), sql.SQL(", ").join(options)
         )
         try:
             await conn.execute(query)
