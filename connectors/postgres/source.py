@@ -166,6 +166,7 @@ class PostgresSource:
         self._messages: dict[str, _Relation] = {}  # selected logical-message prefix -> pseudo-table
         self._commit_ts: deque[tuple[Position, datetime]] = deque()  # yielded, not yet acknowledged
         self._acked_ts: datetime | None = None
+        self._heartbeat: tuple[Position, int] | None = None  # last heartbeat and the wal_end it stands for
         self._monitor: asyncio.Task[None] | None = None
         #: Slot lag in bytes and seconds, refreshed every `lag_interval_s` (for metrics).
         self.lag_bytes: int | None = None
@@ -206,7 +207,10 @@ class PostgresSource:
         finally:
             await conn.close()
         confirmed = slot.confirmed_flush_lsn or 0
-        if resume_from is not None and resume_from.commit < confirmed:
+        # The server resends transactions committing at or after `confirmed`. Sinks holding a
+        # whole transaction C need everything from C + 1 (a heartbeat's wal_end is C + 1); sinks
+        # holding part of transaction C need C itself again.
+        if resume_from is not None and confirmed > resume_from.commit + (1 if resume_from.whole else 0):
             raise SourceSetupError(
                 f"{self.where}: the sinks hold changes up to {format_lsn(resume_from.commit)} but slot {cfg.slot} "
                 f"was already confirmed to {format_lsn(confirmed)}: the changes between are gone from the slot; "
@@ -321,13 +325,17 @@ class PostgresSource:
                             yield emit(tx.position(seq))  # a chunk of a giant transaction
                 elif kind == _KEEPALIVE:
                     wal_end = u64(frame, 1)[0]
-                    if frame[17]:
+                    reply = bool(frame[17])
+                    idle = tx is None and not b.events and wal_end - 1 > last_yielded.commit
+                    if idle and (reply or now - last_heartbeat >= heartbeat_every):
+                        # A heartbeat: once every sink holds it, the server hears flush = wal_end. A
+                        # server waiting for that (a shutdown asks with reply_requested) gets it at once.
+                        last_heartbeat = now
+                        self._heartbeat = (Position(wal_end - 1), wal_end)
+                        yield emit(self._heartbeat[0])
+                    elif reply:
                         await self._send_status()
                         last_status = time.monotonic()
-                    idle = tx is None and not b.events
-                    if idle and wal_end - 1 > last_yielded.commit and now - last_heartbeat >= heartbeat_every:
-                        last_heartbeat = now
-                        yield emit(Position(wal_end - 1))
                 else:
                     raise DecodeError(f"{self.where}: unexpected replication frame type {kind!r}")
             now = time.monotonic()
@@ -390,7 +398,10 @@ class PostgresSource:
         while self._commit_ts and self._commit_ts[0][0] <= position:
             ts = self._commit_ts.popleft()[1]
             self._acked_ts = None if ts is _NO_TS else ts  # None: caught up (a heartbeat)
-        lsn = position.commit if position.whole else position.commit - 1
+        if self._heartbeat is not None and position == self._heartbeat[0]:
+            lsn = self._heartbeat[1]  # idle and every sink caught up: all the server sent is done
+        else:
+            lsn = position.commit if position.whole else position.commit - 1
         if lsn > self._acked_lsn:
             self._acked_lsn = lsn
             await self._send_status()
