@@ -292,3 +292,19 @@ def test_server_restart_mid_stream(pg: PgDatabase, tmp_path: Path, daemons: Daem
     assert not [i for i, n in Counter(ids).items() if n > 1]
     assert any(e.get("event") == "job_retrying" for e in daemon.events())
     assert daemon.terminate() == 0
+
+
+def test_lag_is_measured_and_heartbeat_messages_stay_out_of_sinks(
+    pg: PgDatabase, tmp_path: Path, daemons: Daemons
+) -> None:
+    """The source logs slot lag in bytes and seconds; its own heartbeat messages never reach a sink."""
+    pg.execute("CREATE TABLE q (id int PRIMARY KEY)")
+    files, daemon, _ = start_job(pg, tmp_path, daemons, ["public.q"], lag_interval_s=0.3,
+                                 heartbeat_message_interval_s=0.2, messages=["cdc_heartbeat", "app"])
+    pg.execute("INSERT INTO q VALUES (1)")
+    record = daemon.wait_for("source_lag", timeout=20)
+    assert isinstance(record["lag_bytes"], int) and record["lag_bytes"] >= 0
+    assert isinstance(record["lag_s"], float) and record["lag_s"] >= 0
+    wait_until(lambda: caught_up(files, insert_lsn(pg)), 20, "the sink to catch up")
+    assert [e["op"] for e in envelopes(files.sink)] == ["c"]
+    assert daemon.terminate() == 0
