@@ -11,8 +11,11 @@ import asyncio
 import sys
 from pathlib import Path
 
+import orjson
+
 from cdc import __version__
-from cdc.config import iter_jobs, load_config
+from cdc.checkpoints import write_atomically
+from cdc.config import Config, iter_jobs, load_config
 from cdc.errors import CdcError
 from cdc.logs import configure_logging
 
@@ -26,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--job", action="append", help="run only this job (repeatable)")
     validate = sub.add_parser("validate", help="check a config file and exit")
     validate.add_argument("config", type=Path)
+    snapshot = sub.add_parser(
+        "snapshot", help="ask a job to (re-)snapshot tables while it streams (picked up within a second)"
+    )
+    snapshot.add_argument("config", type=Path)
+    snapshot.add_argument("--job", required=True, help="the job whose tables to snapshot")
+    snapshot.add_argument("--table", action="append", help="schema.table (repeatable); default: all its tables")
     return parser
 
 
@@ -36,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             print(f"{args.config}: OK ({len(config.jobs)} job{'s' if len(config.jobs) != 1 else ''})")
             return 0
+        if args.command == "snapshot":
+            return _request_snapshot(config, args.job, args.table or [])
         jobs = list(iter_jobs(config, args.job))
         configure_logging(config.log_level, config.log_format)
         from cdc.daemon import Daemon
@@ -51,6 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _request_snapshot(config: Config, job: str, tables: list[str]) -> int:
+    """Leave a snapshot request where the job's source looks for it (its state directory)."""
+    (found,) = iter_jobs(config, [job])
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    path = config.state_dir / f"{found.name}.snapshot-request.json"
+    write_atomically(path, orjson.dumps({"tables": tables}))
+    what = ", ".join(tables) if tables else "all its tables"
+    print(f"snapshot of {what} requested for job {found.name}: a running daemon starts it within a second "
+          f"(otherwise at the job's next start); progress shows as snapshot_progress in its log")
+    return 0
 
 
 if __name__ == "__main__":

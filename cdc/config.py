@@ -12,10 +12,21 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from string import Formatter
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ByteSize,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cdc.errors import ConfigError
 
@@ -58,7 +69,124 @@ class FileSinkConfig(_Strict):
 
 
 SourceConfig = Annotated[PostgresSourceConfig, Field(discriminator="type")]
-SinkConfig = Annotated[FileSinkConfig, Field(discriminator="type")]
+#: Placeholders a topic (subject, stream key) template may use.
+TOPIC_PLACEHOLDERS = frozenset({"prefix", "source", "database", "schema", "table"})
+_TOPIC_PREFIX = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$"
+
+
+def _check_template(value: str, allowed: frozenset[str], what: str) -> str:
+    try:
+        names = {name for _, name, _, _ in Formatter().parse(value) if name is not None}
+    except ValueError as err:
+        raise ValueError(f"{what} {value!r} is not a valid template: {err}") from err
+    unknown = sorted(n for n in names if n not in allowed)
+    if unknown:
+        raise ValueError(
+            f"{what} {value!r} uses unknown placeholder(s) {', '.join('{' + n + '}' for n in unknown)}; "
+            f"known: {', '.join('{' + n + '}' for n in sorted(allowed))}"
+        )
+    return value
+
+
+class _BrokerSinkConfig(_Strict):
+    """What the Kafka, NATS JetStream and Redis Streams sinks share (docs/eventlog-sinks.md)."""
+
+    name: str | None = None
+    topic_prefix: str | None = Field(default=None, pattern=_TOPIC_PREFIX)
+    topic: str = "{prefix}.{schema}.{table}"
+    transaction_topic: str = "{prefix}.transaction"
+    tombstones: bool = False
+    transaction_metadata: bool = False
+    schemas: bool = False
+    write_timeout_s: float = Field(default=120.0, gt=0)
+    retry_backoff_s: float = Field(default=0.5, gt=0)
+    retry_max_backoff_s: float = Field(default=5.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("topic", "transaction_topic")
+    @classmethod
+    def _topic_template(cls, value: str) -> str:
+        return _check_template(value, TOPIC_PLACEHOLDERS, "topic template")
+
+
+def _librdkafka_text(value: object) -> object:
+    """librdkafka takes every property as text: YAML numbers and booleans become strings."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+#: librdkafka properties that `options` may not set: a dedicated key sets them, or the
+#: sink's guarantees depend on them.
+KAFKA_RESERVED_OPTIONS: dict[str, str] = {
+    "bootstrap.servers": "brokers", "metadata.broker.list": "brokers",
+    "compression.type": "compression", "compression.codec": "compression",
+    "max.in.flight.requests.per.connection": "max_in_flight", "max.in.flight": "max_in_flight",
+    "linger.ms": "linger_ms", "queue.buffering.max.ms": "linger_ms", "batch.size": "batch_bytes",
+    "queue.buffering.max.messages": "max_queued_messages", "client.id": "client_id",
+    "message.timeout.ms": "write_timeout_s", "delivery.timeout.ms": "write_timeout_s",
+    "enable.idempotence": "(always true)", "acks": "(always all)", "request.required.acks": "(always all)",
+    "transactional.id": "(not supported)",
+}
+
+
+class KafkaSinkConfig(_BrokerSinkConfig):
+    type: Literal["kafka"]
+    brokers: str = Field(min_length=1)
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    max_in_flight: int = Field(default=5, ge=1, le=5)
+    linger_ms: int = Field(default=5, ge=0)
+    batch_bytes: ByteSize = ByteSize(1 << 20)
+    max_queued_messages: int = Field(default=100_000, ge=1)
+    client_id: str | None = None
+    options: dict[str, Annotated[SecretStr, BeforeValidator(_librdkafka_text)]] = Field(default_factory=dict)
+
+    @field_validator("options")
+    @classmethod
+    def _no_reserved_options(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for key in value:
+            if key in KAFKA_RESERVED_OPTIONS:
+                raise ValueError(f"options may not set {key!r}: use {KAFKA_RESERVED_OPTIONS[key]}")
+        return value
+
+
+def _server_list(value: object) -> object:
+    return [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else value
+
+
+class NatsSinkConfig(_BrokerSinkConfig):
+    type: Literal["nats"]
+    servers: Annotated[list[str], BeforeValidator(_server_list)] = Field(min_length=1)
+    stream: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,255}$")
+    create_stream: bool = True
+    storage: Literal["file", "memory"] = "file"
+    replicas: int = Field(default=1, ge=1, le=5)
+    duplicate_window_s: float = Field(default=120.0, gt=0)
+    max_pending_acks: int = Field(default=1000, ge=1, le=100_000)
+    ack_timeout_s: float = Field(default=5.0, gt=0)
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    creds_file: Path | None = None
+
+
+class RedisSinkConfig(_BrokerSinkConfig):
+    type: Literal["redis"]
+    url: SecretStr
+    max_len: int | None = Field(default=None, ge=1)
+    position_key: str = "{prefix}:cdc-position:{sink}"
+
+    @field_validator("position_key")
+    @classmethod
+    def _position_key_template(cls, value: str) -> str:
+        return _check_template(value, frozenset({"prefix", "source", "sink"}), "position_key template")
+
+
+SinkConfig = Annotated[
+    FileSinkConfig | KafkaSinkConfig | NatsSinkConfig | RedisSinkConfig, Field(discriminator="type")
+]
 
 
 class PipelineConfig(_Strict):
@@ -79,18 +207,15 @@ class JobConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     source: SourceConfig
     tables: TablesConfig = Field(default_factory=TablesConfig)
-    snapshot: Literal["initial", "never", "initial_only"] = "never"
+    snapshot: Literal["initial", "never", "initial_only"] = "initial"
+    snapshot_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
+    snapshot_chunk_rows: int = Field(default=50_000, ge=1)
     sinks: list[SinkConfig] = Field(min_length=1)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
 
     @model_validator(mode="after")
     def _check(self) -> JobConfig:
-        if self.snapshot != "never":
-            raise ValueError(
-                f"snapshot: {self.snapshot} is not available in this version yet; use snapshot: never "
-                "(the stream starts at the slot's position)"
-            )
         names = self.sink_names()
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

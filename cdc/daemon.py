@@ -20,7 +20,7 @@ import structlog
 
 from cdc.checkpoints import FileCheckpointStore
 from cdc.config import Config, JobConfig
-from cdc.errors import CdcError
+from cdc.errors import CdcError, InternalError
 from cdc.job import build_pipeline
 
 log = structlog.get_logger(__name__)
@@ -70,7 +70,8 @@ class Daemon:
             stopping.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-        return 2 if any(o.error is not None for o in self.outcomes.values()) else 0
+        codes = [o.error.exit_code for o in self.outcomes.values() if o.error is not None]
+        return max(codes, default=0)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if not self.stop.is_set():
@@ -83,12 +84,19 @@ class Daemon:
         jlog = log.bind(job=job.name)
         while not self.stop.is_set():
             outcome.attempts += 1
-            pipeline = build_pipeline(job, self.checkpoints)
+            pipeline = build_pipeline(job, self.checkpoints, self.config.state_dir)
             try:
                 await pipeline.run(self.stop)
                 outcome.events += pipeline.stats.events
                 return
-            except CdcError as err:
+            except Exception as bug:
+                if isinstance(bug, CdcError):
+                    err: CdcError = bug
+                else:
+                    jlog.exception("job_crashed", error_class=type(bug).__name__)
+                    err = InternalError(f"job {job.name}: internal error {type(bug).__name__}: {bug} (a bug in cdc; "
+                                        "the log has the traceback; please report it)")
+                    err.__cause__ = bug
                 outcome.events += pipeline.stats.events
                 streamed = pipeline.stats.streaming or outcome.streamed
                 outcome.streamed = streamed

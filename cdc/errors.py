@@ -73,6 +73,12 @@ class SinkWriteError(SinkError):
     retryable = True
 
 
+class InternalError(CdcError):
+    """A bug in cdc (an exception no code path expected); the job stops, exit code 1."""
+
+    exit_code = 1
+
+
 class CheckpointError(CdcError):
     """The checkpoint store cannot be read or written."""
 

@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cdc.checkpoints import CheckpointStore
-from cdc.config import FileSinkConfig, JobConfig, PostgresSourceConfig
+from cdc.config import (
+    FileSinkConfig,
+    JobConfig,
+    KafkaSinkConfig,
+    NatsSinkConfig,
+    PostgresSourceConfig,
+    RedisSinkConfig,
+    SinkConfig,
+)
 from cdc.pipeline import Pipeline
 from cdc.sink import Sink, SourceInfo
 from cdc.source import BatchPolicy
 
 
-def build_pipeline(job: JobConfig, checkpoints: CheckpointStore) -> Pipeline:
-    """A fresh pipeline (new connections, new sink state) for one run of `job`."""
+def build_pipeline(job: JobConfig, checkpoints: CheckpointStore, state_dir: Path) -> Pipeline:
+    """A fresh pipeline (new connections, new sink state) for one run of `job`.
+
+    `state_dir` holds what the source keeps between runs besides checkpoints (snapshot
+    progress, the spool of streamed transactions).
+    """
     # Connectors and sinks are imported here so a job only loads what it uses.
     if isinstance(job.source, PostgresSourceConfig):
         from connectors.postgres.source import PostgresSource
 
-        source = PostgresSource(job.name, job.source, job.tables)
+        source = PostgresSource(
+            job.name, job.source, job.tables, state_dir=state_dir, snapshot=job.snapshot,
+            snapshot_workers=job.snapshot_workers, snapshot_chunk_rows=job.snapshot_chunk_rows,
+        )
         info = source.info
-    sinks = [build_sink(cfg, name, info) for cfg, name in zip(job.sinks, job.sink_names(), strict=True)]
+    sinks = [build_sink(cfg, name, info, job=job.name, checkpoints=checkpoints)
+             for cfg, name in zip(job.sinks, job.sink_names(), strict=True)]
     p = job.pipeline
     policy = BatchPolicy(max_events=p.max_batch_events, max_bytes=int(p.max_batch_bytes),
                          max_wait_s=p.max_wait_ms / 1000)
@@ -25,7 +43,30 @@ def build_pipeline(job: JobConfig, checkpoints: CheckpointStore) -> Pipeline:
                     max_buffered_batches=p.max_buffered_batches, max_buffered_bytes=int(p.max_buffered_bytes))
 
 
-def build_sink(cfg: FileSinkConfig, name: str, info: SourceInfo) -> Sink:
-    from sinks.eventlog.file import FileSink
+def build_sink(cfg: SinkConfig, name: str, info: SourceInfo, *, job: str, checkpoints: CheckpointStore) -> Sink:
+    """The sink `cfg` describes, named `name`, for events of `info` in job `job`.
 
-    return FileSink(name, cfg.path, info, max_segment_bytes=int(cfg.max_segment_bytes), fsync=cfg.fsync)
+    Sinks that cannot keep their position with their data (Kafka, NATS JetStream) read
+    it back from the job's checkpoint store when they open; broker topics default to
+    the job's name as prefix.
+    """
+    if isinstance(cfg, FileSinkConfig):
+        from sinks.eventlog.file import FileSink
+
+        return FileSink(name, cfg.path, info, max_segment_bytes=int(cfg.max_segment_bytes), fsync=cfg.fsync)
+    from sinks.eventlog.broker import checkpoint_position
+
+    prefix = cfg.topic_prefix or job
+    if isinstance(cfg, KafkaSinkConfig):
+        from sinks.eventlog.kafka import KafkaSink
+
+        return KafkaSink(name, cfg, info, prefix=prefix, stored=checkpoint_position(checkpoints, job, name))
+    if isinstance(cfg, NatsSinkConfig):
+        from sinks.eventlog.nats_jetstream import NatsJetStreamSink
+
+        return NatsJetStreamSink(name, cfg, info, prefix=prefix, stored=checkpoint_position(checkpoints, job, name))
+    if isinstance(cfg, RedisSinkConfig):
+        from sinks.eventlog.redis_streams import RedisStreamsSink
+
+        return RedisStreamsSink(name, cfg, info, prefix=prefix)
+    raise AssertionError(f"unknown sink type {cfg!r}")

@@ -914,3 +914,215 @@ def _mysql_identifier(name: str) -> str:
     if "\x00" in name:
         raise ValueError("identifiers cannot contain NUL")
     return "`" + name.replace("`", "``") + "`"
+
+
+class _DisposableBroker(_DisposableServer):
+    """What `DisposableNats` and `DisposableRedis` share: one foreground process.
+
+    The server runs from a config file written by `_config_text` into `base_dir`,
+    logs to `log_path`, and counts as up once its log says `_READY` and its TCP port
+    answers. Besides `stop()`, `halt()` stops the process but keeps its files and
+    `resume()` starts it again on the same port: a broker outage for the sinks' tests.
+    """
+
+    #: Lowercased log text saying the server accepts connections.
+    _READY: ClassVar[str]
+    _CONFIG_NAME: ClassVar[str]
+
+    def __init__(self, *, base_dir: Path | None, port: int | None, settings: Mapping[str, str] | None,
+                 programs: Sequence[str]) -> None:
+        super().__init__(base_dir=base_dir, port=port, settings=settings)
+        self._settings = dict(settings or {})
+        self._server_bin = _find_program(programs)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        """The server's config file in `base_dir`; raises before `start()`."""
+        return self.base_dir / self._CONFIG_NAME
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (None when halted or stopped)."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after `timeout` s) and delete its files; idempotent."""
+        self._stop_and_clean(lambda: self._terminate(timeout))
+
+    def halt(self, *, kill: bool = False, timeout: float = 15.0) -> None:
+        """Stop the server process but keep its files (SIGTERM, or SIGKILL with `kill`)."""
+        if not self._running:
+            raise SandboxError(f"the {self._KIND} sandbox is not running")
+        process = self._process
+        if kill and process is not None and process.poll() is None:
+            process.kill()
+        self._terminate(timeout)
+
+    def resume(self) -> None:
+        """Start the halted server again, on the same port and with the same files."""
+        if not self._running:
+            raise SandboxError(f"the {self._KIND} sandbox is not running")
+        if self._process is not None and self._process.poll() is None:
+            raise SandboxError(f"the {self._KIND} sandbox was not halted")
+        failure = self._try_start()
+        if failure is not None:
+            raise SandboxError(failure)
+
+    def _config_text(self) -> str:
+        """The server's config file for the current port."""
+        raise NotImplementedError
+
+    def _argv(self) -> list[str]:
+        """The server's command line."""
+        raise NotImplementedError
+
+    def _set_up(self) -> None:
+        (self.base_dir / "data").mkdir(exist_ok=True)
+
+    def _try_start(self) -> str | None:
+        """Write the config (the port may have changed), start, wait; None once it is up."""
+        self.config_path.write_text(self._config_text(), encoding="utf-8")
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        console_path = self.base_dir / "console.out"
+        with console_path.open("ab") as console:
+            self._process = subprocess.Popen(
+                self._argv(), cwd=self.base_dir, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        error = self._wait_until_ready(offset)
+        if error is None:
+            return None
+        self._terminate(5.0)
+        return (
+            f"{Path(self._server_bin).name} failed to start in {self.base_dir}: {error}\n"
+            f"--- tail of {self.log_path.name} ---\n{_tail(self.log_path)}\n"
+            f"--- tail of {console_path.name} ---\n{_tail(console_path)}"
+        )
+
+    def _wait_until_ready(self, offset: int, timeout: float = 30.0) -> str | None:
+        assert self._process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self._process.poll()
+            if code is not None:
+                return f"the server exited with status {code}"
+            if self._READY in self._log_since(offset):
+                try:
+                    with socket.create_connection(("127.0.0.1", self._port), timeout=1):
+                        return None
+                except OSError:
+                    pass
+            time.sleep(0.02)
+        return f"not ready within {timeout:.0f}s"
+
+    def _terminate(self, timeout: float) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class DisposableNats(_DisposableBroker):
+    """A private ``nats-server`` with JetStream (file storage in `store_dir`) on 127.0.0.1.
+
+    No authentication. Construct, `start()` (or use as a context manager), `stop()`
+    at the end (deletes `base_dir`); `halt()`/`resume()` stop and restart the process
+    with its streams kept. `settings` are extra top-level config lines
+    (``{"max_payload": "2MB"}``).
+    """
+
+    _KIND = "NATS"
+    _SETTING_WORD = "option name"
+    _LOG_NAME = "nats-server.log"
+    _CONFIG_NAME = "nats-server.cfg"
+    _BASE_PREFIX = "cdc-nats-"
+    _SOCKET_PREFIX = "cdc-nas-"
+    _PORT_TAKEN = ("address already in use",)
+    _READY = "server is ready"
+
+    def __init__(self, *, base_dir: Path | None = None, port: int | None = None,
+                 settings: Mapping[str, str] | None = None) -> None:
+        """Describe a server; nothing runs until `start()` (by default on a free port)."""
+        super().__init__(base_dir=base_dir, port=port, settings=settings, programs=["nats-server"])
+
+    @property
+    def url(self) -> str:
+        """``nats://127.0.0.1:<port>``."""
+        return f"nats://127.0.0.1:{self._port}"
+
+    @property
+    def store_dir(self) -> Path:
+        """JetStream's storage directory; raises before `start()`."""
+        return self.data_dir / "jetstream"
+
+    def _argv(self) -> list[str]:
+        return [self._server_bin, "-c", str(self.config_path)]
+
+    def _config_text(self) -> str:
+        lines = [
+            f"listen: 127.0.0.1:{self._port}",
+            "server_name: cdc_sandbox",
+            f"log_file: {json_string_literal(str(self.log_path))}",
+            f"jetstream {{\n  store_dir: {json_string_literal(str(self.store_dir))}\n}}",
+        ]
+        lines.extend(f"{key}: {value}" for key, value in self._settings.items())
+        return "\n".join(lines) + "\n"
+
+
+class DisposableRedis(_DisposableBroker):
+    """A private ``redis-server`` on 127.0.0.1 that loses no acknowledged write.
+
+    It runs with ``appendonly yes`` and ``appendfsync always`` (every write is in the
+    append-only file before the reply) and no RDB snapshots, so `halt(kill=True)` is a
+    crash that loses nothing. No password. `settings` are extra config directives
+    (``{"maxmemory": "100mb"}``).
+    """
+
+    _KIND = "Redis"
+    _SETTING_WORD = "directive"
+    _LOG_NAME = "redis.log"
+    _CONFIG_NAME = "redis.conf"
+    _BASE_PREFIX = "cdc-redis-"
+    _SOCKET_PREFIX = "cdc-res-"
+    _PORT_TAKEN = ("address already in use",)
+    _READY = "ready to accept connections"
+
+    def __init__(self, *, base_dir: Path | None = None, port: int | None = None,
+                 settings: Mapping[str, str] | None = None) -> None:
+        """Describe a server; nothing runs until `start()` (by default on a free port)."""
+        super().__init__(base_dir=base_dir, port=port, settings=settings, programs=["redis-server"])
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
+        return f"redis://127.0.0.1:{self._port}/0"
+
+    def _argv(self) -> list[str]:
+        return [self._server_bin, str(self.config_path)]
+
+    def _config_text(self) -> str:
+        settings = {
+            "bind": "127.0.0.1",
+            "port": str(self._port),
+            "protected-mode": "yes",
+            "daemonize": "no",
+            "dir": json_string_literal(str(self.data_dir)),
+            "logfile": json_string_literal(str(self.log_path)),
+            "appendonly": "yes",
+            "appendfsync": "always",
+            "save": '""',
+            **self._settings,
+        }
+        return "".join(f"{key} {value}\n" for key, value in settings.items())
+
+
+def json_string_literal(text: str) -> str:
+    """`text` in double quotes with JSON escapes: a string both nats-server and Redis configs read."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

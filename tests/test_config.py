@@ -57,7 +57,8 @@ def test_minimal_config_has_documented_defaults() -> None:
     assert (cfg.log_level, cfg.log_format, cfg.shutdown_grace_s) == ("info", "auto", 10.0)
     (job,) = cfg.jobs
     assert job.name == "shop"
-    assert job.snapshot == "never"
+    assert job.snapshot == "initial"
+    assert job.snapshot_workers >= 1 and job.snapshot_chunk_rows == 50_000
     assert job.tables.include == ["public.*"]
     assert job.tables.exclude == []
     src = job.source
@@ -240,13 +241,13 @@ def test_duplicate_job_names() -> None:
     assert "job names must be unique: shop repeats" in msg
 
 
-def test_snapshot_initial_is_refused_clearly() -> None:
-    """snapshot: initial is not available yet and says what to use instead."""
-    msg = error(insert(MINIMAL, 2, "    snapshot: initial"))
-    assert msg.startswith("cdc.yaml:2: jobs[0]: "), msg
-    assert "snapshot: initial is not available" in msg
-    assert "snapshot: never" in msg
-    assert parse(insert(MINIMAL, 2, "    snapshot: never")).jobs[0].snapshot == "never"
+def test_snapshot_modes() -> None:
+    """snapshot takes initial, never or initial_only; anything else names the allowed values."""
+    for mode in ("initial", "never", "initial_only"):
+        assert parse(insert(MINIMAL, 2, f"    snapshot: {mode}")).jobs[0].snapshot == mode
+    msg = error(insert(MINIMAL, 2, "    snapshot: sometimes"))
+    assert msg.startswith("cdc.yaml:3: jobs[0].snapshot: "), msg
+    assert "'initial'" in msg
 
 
 @pytest.mark.parametrize(
@@ -290,7 +291,7 @@ def test_dsn_is_secret_and_redacted() -> None:
         MINIMAL.replace("slot: cdc_shop", "slot: Bad-Slot"),
         insert(MINIMAL, 5, "      colour: blue"),
         MINIMAL.replace("type: postgres", "type: oracle"),
-        insert(MINIMAL, 2, "    snapshot: initial"),
+        insert(MINIMAL, 2, "    snapshot: sometimes"),
         MINIMAL.replace("publication: cdc_shop", "publication: [${NOPE}]"),
         MINIMAL.replace(SECRET, SECRET + "${NOPE}"),
         MINIMAL.replace("      slot: cdc_shop\n", ""),

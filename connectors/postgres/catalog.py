@@ -139,6 +139,25 @@ async def ensure_publication(
         ) from err
 
 
+async def primary_keys(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], tables: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[str, ...]]:
+    """The primary-key columns of each table (in key order); tables without one are absent."""
+    cur = await conn.execute(
+        "SELECT n.nspname, c.relname, array_agg(a.attname::text ORDER BY k.ord) "
+        "FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
+        "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum "
+        "WHERE i.indisprimary GROUP BY 1, 2"
+    )
+    wanted = set(tables)
+    out: dict[tuple[str, str], tuple[str, ...]] = {}
+    for schema, table, cols in await cur.fetchall():
+        if (schema, table) in wanted and isinstance(cols, list):
+            out[(str(schema), str(table))] = tuple(str(c) for c in cols)
+    return out
+
+
 async def slot_info(conn: psycopg.AsyncConnection[tuple[object, ...]], slot: str) -> SlotInfo | None:
     cur = await conn.execute(
         "SELECT slot_name, plugin, database, active_pid, "

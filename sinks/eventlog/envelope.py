@@ -12,11 +12,17 @@ A value looks like Debezium's (https://debezium.io/documentation/reference/conne
 The event id ``<source name>:<commit>:<seq>`` is stable across replays, so consumers
 drop repeats by it. Serialization works per table and per transaction: everything but
 the row images and the change's LSN is rendered once, then joined per event.
+
+With transaction metadata (Debezium's ``provide.transaction.metadata``) each value ends
+with ``"transaction": {"id": "<txId>:<commit>", "total_order": <seq>,
+"data_collection_order": <n>}``: `total_order` is the event's 1-based place in its
+transaction, `data_collection_order` its place among the transaction's events of the
+same table. The broker sinks use it; the file sink does not (its lines stay as above).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -61,12 +67,16 @@ class EnvelopeSerializer:
         )
         return b',"source":' + block[:-1] + b',"lsn":'
 
-    def values(self, table: TableChanges, ts_ms: int) -> list[bytes]:
+    def values(self, table: TableChanges, ts_ms: int, collection_orders: Sequence[int] | None = None) -> list[bytes]:
         """The envelope JSON of every change of the table, in order.
 
         The hot path of every event-log sink: what depends only on the transaction (id
         prefix, source block) is rendered once per transaction; per event it is one join.
+        With `collection_orders` (each change's ``data_collection_order``), every value
+        carries Debezium's ``transaction`` block after ``ts_ms``.
         """
+        if collection_orders is not None:
+            return self._values_with_transaction(table, ts_ms, collection_orders)
         to_json = table.codec.to_json
         tails = {op: tail + b"%d}" % ts_ms for op, tail in _OP_TAIL.items()}
         out: list[bytes] = []
@@ -92,6 +102,46 @@ class EnvelopeSerializer:
                 )
             )
         return out
+
+    def _values_with_transaction(self, table: TableChanges, ts_ms: int, orders: Sequence[int]) -> list[bytes]:
+        to_json = table.codec.to_json
+        tails = {op: tail + b'%d,"transaction":{"id":"' % ts_ms for op, tail in _OP_TAIL.items()}
+        out: list[bytes] = []
+        append = out.append
+        last_tx: Transaction | None = None
+        head = source = tx_id = b""
+        for (op, tx, seq, lsn, before, after), order in zip(table.changes, orders, strict=True):
+            if tx is not last_tx:
+                source = self._source_prefix(table, tx)
+                head = (b'{"id":"%s%d:' % (self._id_prefix, tx.commit)) if self._include_id else b""
+                tx_id = self.transaction_id(tx) + b'","total_order":'
+                last_tx = tx
+            append(
+                b"".join(
+                    (
+                        head + b'%d","before":' % seq if head else b'{"before":',
+                        b"null" if before is None else to_json(before),
+                        b',"after":',
+                        b"null" if after is None else to_json(after),
+                        source,
+                        b"%d" % lsn,
+                        tails[op],
+                        tx_id,
+                        b'%d,"data_collection_order":%d}}' % (seq, order),
+                    )
+                )
+            )
+        return out
+
+    @staticmethod
+    def transaction_id(tx: Transaction) -> bytes:
+        """Debezium's PostgreSQL transaction id, ``<txId>:<commit LSN>``: the same on every replay."""
+        return b"%d:%d" % (tx.xid, tx.commit)
+
+    @staticmethod
+    def commit_ms(tx: Transaction) -> int:
+        """The commit time in milliseconds since the epoch (``source.ts_ms``)."""
+        return (tx.commit_ts - _EPOCH) // _MILLISECOND
 
     def event_ids(self, table: TableChanges) -> list[bytes]:
         """The event id of every change of the table, in order."""

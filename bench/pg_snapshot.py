@@ -1,0 +1,102 @@
+"""Benchmark: PostgreSQL snapshot -> file sink, as a ratio to COPY (FORMAT binary) to /dev/null.
+
+Loads N rows of the 10-column table of bench/pg_stream.py into a disposable PostgreSQL,
+measures ``COPY bench TO STDOUT (FORMAT binary)`` into /dev/null (the server's limit for
+reading the table), then ``cdc run`` with ``snapshot: initial_only`` into the file sink
+(fsync on) with 1, 2 and 4 workers, in the same run. Prints one JSON document.
+
+    .venv/bin/python bench/pg_snapshot.py [--rows 1000000] [--workers 1 2 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from bench.pg_stream import LOAD, TABLE
+from cdc import __version__
+from cdc.sandbox import DisposablePostgres
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="cdc-bench-snap-"))
+    runs = []
+    with DisposablePostgres() as pg:
+        pg.create_database("bench")
+        dsn = pg.dsn("bench")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(TABLE)
+            step = 100_000
+            for lo in range(1, args.rows + 1, step):
+                conn.execute(LOAD, (lo, min(lo + step - 1, args.rows)))
+            conn.execute("VACUUM ANALYZE bench")
+        limit_s = _copy_binary(pg, dsn)
+        for workers in args.workers:
+            seconds, rss, size = _cdc(work / f"w{workers}", dsn, workers)
+            runs.append({"workers": workers, "seconds": round(seconds, 3), "rows_per_s": round(args.rows / seconds),
+                         "mb_per_s": round(size / seconds / 1e6, 1), "peak_rss_mb": round(rss, 1),
+                         "ratio": round(limit_s / seconds, 3)})
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({
+        "benchmark": "pg_snapshot",
+        "rows": args.rows,
+        "columns": 10,
+        "limit": {"tool": "COPY bench TO STDOUT (FORMAT binary) > /dev/null", "seconds": round(limit_s, 3),
+                  "rows_per_s": round(args.rows / limit_s)},
+        "cdc": {"sink": "file (fsync)", "runs": runs},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "cdc": __version__},
+    }, indent=2))
+
+
+def _copy_binary(pg: DisposablePostgres, dsn: str) -> float:
+    psql = str(pg.bin_dir / "psql")
+    t0 = time.perf_counter()
+    with open(os.devnull, "wb") as null:
+        subprocess.run([psql, "-d", dsn, "-c", "COPY bench TO STDOUT (FORMAT binary)"], stdout=null, check=True)
+    return time.perf_counter() - t0
+
+
+def _cdc(work: Path, dsn: str, workers: int) -> tuple[float, float, int]:
+    work.mkdir(parents=True)
+    config = work / "bench.yaml"
+    events = work / "events"
+    config.write_text(json.dumps({
+        "state_dir": str(work / "state"),
+        "log_format": "json",
+        "jobs": [{
+            "name": "bench",
+            "source": {"type": "postgres", "dsn": dsn, "slot": "unused", "publication": "bench_pub"},
+            "tables": {"include": ["public.bench"]},
+            "snapshot": "initial_only",
+            "snapshot_workers": workers,
+            "snapshot_chunk_rows": 100_000,
+            "sinks": [{"type": "file", "path": str(events)}],
+        }],
+    }))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "cdc.cli", "run", str(config)], stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"cdc exited with {proc.returncode}")
+    size = sum(f.stat().st_size for f in events.rglob("*.jsonl"))
+    return seconds, usage.ru_maxrss / 1024, size
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,430 @@
+"""Snapshots of PostgreSQL tables: the consistent initial load and incremental chunks.
+
+Tables are read in chunks of heap pages (``ctid`` ranges; PostgreSQL 14+ scans a TID
+range directly), so every table splits evenly whether or not it has a usable key, and
+rows come out of ``COPY ... TO STDOUT`` in the text format pgoutput also uses: both go
+through the same `PgRowCodec` (connectors/postgres/copytext.py).
+
+Two ways to read a chunk:
+
+* **Initial** (`InitialSnapshot`): the slot is created with ``(SNAPSHOT 'export')``; N
+  worker connections import that snapshot (``SET TRANSACTION SNAPSHOT``) and copy chunks in
+  parallel. Rows are emitted before the stream, which starts at the slot's consistent
+  point: no gap, no overlap. Each worker holds an AccessShare lock on the tables it has
+  read until the snapshot ends, which blocks upstream ``TRUNCATE`` and DDL meanwhile.
+* **Incremental** (`IncrementalSnapshot`, the DBLog watermark method): while the stream
+  flows, a chunk is bracketed by a low and a high watermark written into the WAL with
+  ``pg_logical_emit_message``; when the stream reaches the high watermark, chunk rows whose
+  key changed between the watermarks are dropped (the stream carries a newer state) and
+  the rest are emitted there as ``op=r``. Used to resume an interrupted initial snapshot
+  (an exported snapshot dies with its connection), for tables added to a running job, and
+  for ``cdc snapshot`` requests.
+
+Which chunks are durable in every sink is recorded in ``<state_dir>/<job>.snapshot.json``
+(`SnapshotProgress`), so a crash resumes mid-table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import psycopg
+import structlog
+from psycopg import sql
+
+from cdc.checkpoints import write_atomically
+from cdc.errors import CheckpointError, SourceConnectionError, SourceSetupError, first_line
+from cdc.events import Column, RawRow, TableId, TableSchema
+from connectors.postgres.catalog import SESSION_OPTIONS
+from connectors.postgres.copytext import CopyTextParser
+from connectors.postgres.types import PgRowCodec, PgTypeCatalog
+
+log = structlog.get_logger(__name__)
+
+#: Prefix of the watermark messages of incremental snapshots (never passed to sinks).
+WATERMARK_PREFIX: Final = "cdc_watermark"
+#: Longest wait for in-flight commits to become visible after a low watermark.
+SETTLE_S: Final = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Heap pages ``[first, end)`` of one table; `end` None means to the end of the table."""
+
+    number: int
+    first: int
+    end: int | None
+
+
+@dataclass(slots=True)
+class SnapshotTable:
+    """One table to snapshot: its schema as the stream describes it, and its chunk plan."""
+
+    schema: TableSchema
+    codec: PgRowCodec
+    chunks: list[Chunk]
+    rows_estimate: int
+    done: set[int] = field(default_factory=set)
+    rows: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def name(self) -> str:
+        return str(self.schema.table)
+
+    def remaining(self) -> list[Chunk]:
+        return [c for c in self.chunks if c.number not in self.done]
+
+    def copy_query(self, chunk: Chunk) -> sql.Composed:
+        t = self.schema.table
+        columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in self.schema.columns)
+        where = sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({chunk.first},0)"))
+        if chunk.end is not None:
+            where = sql.SQL("{} AND ctid < {}::tid").format(where, sql.Literal(f"({chunk.end},0)"))
+        return sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT").format(
+            columns if self.schema.columns else sql.SQL(""), sql.Identifier(t.schema, t.table), where
+        )
+
+
+# -- catalog ------------------------------------------------------------------------------
+
+_COLUMNS_SQL: Final = """
+SELECT c.oid::bigint, a.attname, a.atttypid::bigint, a.atttypmod, c.relreplident,
+       coalesce(a.attnum = ANY(pk.indkey), false) AS in_pk,
+       coalesce(a.attnum = ANY(ri.indkey), false) AS in_replident,
+       (pg_relation_size(c.oid) / current_setting('block_size')::int)::bigint AS pages,
+       greatest(c.reltuples, 0)::bigint AS tuples
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+LEFT JOIN pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary
+LEFT JOIN pg_index ri ON ri.indrelid = c.oid AND ri.indisreplident
+WHERE n.nspname = %s AND c.relname = %s
+ORDER BY a.attnum
+"""
+
+
+def key_flags(replident: str, in_pk: Sequence[bool], in_replident: Sequence[bool]) -> list[bool]:
+    """Which columns identify a row, as cdc reports them (`TableSchema.key`).
+
+    pgoutput flags the replica identity: the primary key (DEFAULT), the index (USING
+    INDEX), or every column (FULL). Under FULL cdc reports the primary key when there is
+    one, since every column is no key a sink can merge on.
+    """
+    if replident == "i":
+        return list(in_replident)
+    if replident == "f":
+        return list(in_pk) if any(in_pk) else [True] * len(in_pk)
+    if replident == "d":
+        return list(in_pk)
+    return [False] * len(in_pk)
+
+
+async def describe_tables(
+    conn: psycopg.AsyncConnection[Any],
+    source: str,
+    tables: Sequence[tuple[str, str]],
+    types: PgTypeCatalog,
+    chunk_rows: int,
+) -> list[SnapshotTable]:
+    """Schema (as the stream will describe it) and a page-chunk plan for each table."""
+    out = []
+    for schema_name, table_name in tables:
+        cur = await conn.execute(_COLUMNS_SQL, (schema_name, table_name))
+        rows = await cur.fetchall()
+        if not rows:
+            raise SourceSetupError(f"table {schema_name}.{table_name} has no columns to snapshot")
+        replident = str(rows[0][4])
+        keys = key_flags(replident, [bool(r[5]) for r in rows], [bool(r[6]) for r in rows])
+        columns = tuple(
+            Column(str(r[1]), types.name(int(r[2])), int(r[2]), int(r[3]), k)
+            for r, k in zip(rows, keys, strict=True)
+        )
+        pages, tuples = int(rows[0][7]), int(rows[0][8])
+        schema = TableSchema(TableId(source, schema_name, table_name), columns)
+        out.append(SnapshotTable(schema, PgRowCodec(columns, types), plan_chunks(pages, tuples, chunk_rows), tuples))
+    return out
+
+
+def plan_chunks(pages: int, tuples: int, chunk_rows: int) -> list[Chunk]:
+    """Page ranges of about `chunk_rows` rows each; the last is open-ended."""
+    per_page = tuples / pages if pages and tuples else 100.0
+    step = max(1, int(chunk_rows / max(per_page, 1.0)))
+    count = max(1, math.ceil(pages / step))
+    return [Chunk(i, i * step, (i + 1) * step if i < count - 1 else None) for i in range(count)]
+
+
+# -- progress -----------------------------------------------------------------------------
+
+
+class SnapshotProgress:
+    """Which chunks of which tables are durable in every sink: ``<state_dir>/<job>.snapshot.json``.
+
+    A table is `done` once every chunk is; a table with chunks left resumes with the
+    incremental method. Written atomically; only the source's acknowledgement moves it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tables: dict[str, dict[str, Any]] = {}
+        self.requested: list[str] = []
+
+    def load(self) -> SnapshotProgress:
+        try:
+            doc = orjson.loads(self.path.read_bytes())
+            self.tables = dict(doc.get("tables", {}))
+        except FileNotFoundError:
+            self.tables = {}
+        except (orjson.JSONDecodeError, AttributeError, TypeError) as err:
+            raise CheckpointError(f"{self.path}: unreadable snapshot progress ({err}); move it away") from err
+        return self
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.path, orjson.dumps({"tables": self.tables}, option=orjson.OPT_INDENT_2))
+
+    def known(self, table: str) -> bool:
+        return table in self.tables
+
+    def is_done(self, table: str) -> bool:
+        entry = self.tables.get(table)
+        return entry is not None and entry.get("status") == "done"
+
+    def start(self, t: SnapshotTable) -> None:
+        """Record a table's chunk plan (keeping chunks already done under the same plan)."""
+        entry = self.tables.get(t.name)
+        if entry is not None and entry.get("status") == "running":
+            plan = [Chunk(int(n), int(a), None if b is None else int(b)) for n, a, b in entry["chunks"]]
+            t.chunks = plan
+            t.done = {int(n) for n in entry.get("done", [])}
+            t.rows = int(entry.get("rows", 0))
+            return
+        self.tables[t.name] = {
+            "status": "running",
+            "chunks": [[c.number, c.first, c.end] for c in t.chunks],
+            "done": [],
+            "rows": 0,
+        }
+
+    def chunk_done(self, t: SnapshotTable, chunk: int, rows: int) -> None:
+        entry = self.tables[t.name]
+        if chunk not in entry["done"]:
+            entry["done"].append(chunk)
+            entry["rows"] = int(entry.get("rows", 0)) + rows
+        if len(entry["done"]) == len(entry["chunks"]):
+            entry["status"] = "done"
+
+
+# -- reading chunks -------------------------------------------------------------------------
+
+
+#: Rows handed over at a time while copying a chunk (bounds the initial snapshot's memory).
+PIECE_ROWS: Final = 10_000
+
+
+async def copy_pieces(
+    conn: psycopg.AsyncConnection[Any], t: SnapshotTable, chunk: Chunk
+) -> AsyncIterator[list[RawRow]]:
+    """The rows of `chunk` as raw text rows, in pieces of about `PIECE_ROWS`."""
+    parser = CopyTextParser(len(t.schema.columns), f"snapshot of {t.name} chunk {chunk.number}")
+    rows: list[RawRow] = []
+    async with conn.cursor() as cur, cur.copy(t.copy_query(chunk)) as copy:
+        async for block in copy:
+            rows.extend(parser.feed(bytes(block)))
+            if len(rows) >= PIECE_ROWS:
+                yield rows
+                rows = []
+    parser.close()
+    yield rows
+
+
+async def copy_chunk(conn: psycopg.AsyncConnection[Any], t: SnapshotTable, chunk: Chunk) -> list[RawRow]:
+    """Every row of `chunk` at once (incremental windows need them all; chunk size bounds it)."""
+    rows: list[RawRow] = []
+    async for piece in copy_pieces(conn, t, chunk):
+        rows.extend(piece)
+    return rows
+
+
+async def connect(conninfo: str, timeout: int) -> psycopg.AsyncConnection[Any]:
+    return await psycopg.AsyncConnection.connect(
+        conninfo, autocommit=True, options=SESSION_OPTIONS, client_encoding="UTF8", connect_timeout=timeout
+    )
+
+
+@dataclass(slots=True)
+class ChunkRows:
+    """Rows of one chunk (or a piece of it), handed from a reader to the source's batch builder."""
+
+    table: SnapshotTable
+    chunk: Chunk
+    rows: list[RawRow]
+    last: bool = True  # the chunk's last piece
+
+
+class InitialSnapshot:
+    """Parallel copy of every chunk under one exported snapshot (see the module docstring).
+
+    `run` fills `queue` with `ChunkRows` (bounded: workers wait while the source is busy)
+    and puts None when every chunk is read.
+    """
+
+    def __init__(self, conninfo: str, snapshot_name: str, tables: list[SnapshotTable], workers: int,
+                 connect_timeout: int) -> None:
+        self._conninfo = conninfo
+        self._snapshot = snapshot_name
+        self.tables = tables
+        self._workers = max(1, workers)
+        self._timeout = connect_timeout
+        self.queue: asyncio.Queue[ChunkRows | None] = asyncio.Queue(maxsize=2)
+        self.imported = asyncio.Event()
+
+    async def run(self) -> None:
+        todo: asyncio.Queue[tuple[SnapshotTable, Chunk]] = asyncio.Queue()
+        for t in self.tables:
+            for c in t.remaining():
+                todo.put_nowait((t, c))
+        workers = min(self._workers, max(1, todo.qsize()))
+        conns: list[psycopg.AsyncConnection[Any]] = []
+        try:
+            for _ in range(workers):
+                conns.append(await connect(self._conninfo, self._timeout))
+            for conn in conns:
+                await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                await conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self._snapshot)))
+            self.imported.set()
+            await asyncio.gather(*(self._work(conn, todo) for conn in conns))
+        except psycopg.OperationalError as err:
+            raise SourceConnectionError(f"snapshot: {first_line(err)}") from err
+        except psycopg.Error as err:
+            raise SourceSetupError(f"snapshot: {first_line(err)}") from err
+        finally:
+            for conn in conns:
+                await conn.close()
+        await self.queue.put(None)
+
+    async def _work(self, conn: psycopg.AsyncConnection[Any], todo: asyncio.Queue[tuple[SnapshotTable, Chunk]]) -> None:
+        while not todo.empty():
+            t, chunk = todo.get_nowait()
+            async for piece in copy_pieces(conn, t, chunk):
+                await self.queue.put(ChunkRows(t, chunk, piece, last=False))
+            await self.queue.put(ChunkRows(t, chunk, [], last=True))
+
+
+@dataclass(slots=True)
+class Window:
+    """One incremental chunk between its watermarks: the keys the stream changed meanwhile."""
+
+    chunk: ChunkRows
+    key_index: tuple[int, ...]
+    changed: set[tuple[object, ...]] = field(default_factory=set)
+    truncated: bool = False
+    open: bool = False
+    consumed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def surviving(self) -> list[RawRow]:
+        """Chunk rows the stream did not change between the watermarks."""
+        if self.truncated:
+            return []
+        idx, changed = self.key_index, self.changed
+        if not changed:
+            return self.chunk.rows
+        return [r for r in self.chunk.rows if tuple(r[i] for i in idx) not in changed]
+
+
+class IncrementalSnapshot:
+    """Chunks read one at a time between watermarks while the stream flows.
+
+    `windows` maps a watermark id to its `Window`; the source looks them up when the
+    stream brings the watermark messages (``low <id>`` / ``high <id>``).
+    """
+
+    def __init__(self, conninfo: str, tables: list[SnapshotTable], connect_timeout: int) -> None:
+        self._conninfo = conninfo
+        self._tables = tables
+        self._timeout = connect_timeout
+        self.windows: dict[str, Window] = {}
+
+    async def run(self) -> None:
+        conn = await connect(self._conninfo, self._timeout)
+        try:
+            # Changes of a transaction that overlapped the publication gaining a table may
+            # not be published (PostgreSQL decodes them with the catalog of their start):
+            # read nothing before every such transaction has ended.
+            await self._settle(conn, None)
+            for t in self._tables:
+                key_index = tuple(i for i, c in enumerate(t.schema.columns) if c.key)
+                if not key_index:
+                    raise SourceSetupError(
+                        f"table {t.name} has no primary key or replica identity index: it cannot be snapshotted "
+                        "while streaming; add a key, or start the job over (its initial snapshot needs none)"
+                    )
+                for chunk in t.remaining():
+                    wid = uuid.uuid4().hex
+                    # Registered before the low watermark exists: the stream may read the
+                    # watermark before this connection hears back from the server.
+                    window = Window(ChunkRows(t, chunk, []), key_index)
+                    self.windows[wid] = window
+                    await self._emit(conn, f"low {wid}")
+                    await self._settle(conn, SETTLE_S)
+                    window.chunk.rows = await copy_chunk(conn, t, chunk)
+                    await self._emit(conn, f"high {wid}")
+                    await window.consumed.wait()
+                    del self.windows[wid]
+        except psycopg.OperationalError as err:
+            raise SourceConnectionError(f"incremental snapshot: {first_line(err)}") from err
+        except psycopg.Error as err:
+            raise SourceSetupError(f"incremental snapshot failed: {first_line(err)}") from err
+        finally:
+            await conn.close()
+
+    @staticmethod
+    async def _settle(conn: psycopg.AsyncConnection[Any], limit_s: float | None) -> None:
+        """Wait until the transactions running now have ended (at most `limit_s`, if given).
+
+        After a low watermark: PostgreSQL writes a commit record before it shows the
+        transaction to new snapshots; a chunk read in between would miss a change the stream
+        delivers before the window opens, and resurrect an old row. Transactions still
+        running after `SETTLE_S` have not written their commit record and will commit
+        inside the window.
+        """
+        cur = await conn.execute("SELECT array(SELECT pg_snapshot_xip(pg_current_snapshot()))::text")
+        row = await cur.fetchone()
+        running = row[0] if row is not None else "{}"
+        started = time.monotonic()
+        told = started
+        while running not in ("{}", None) and (limit_s is None or time.monotonic() - started < limit_s):
+            await asyncio.sleep(0.002)
+            if time.monotonic() - told >= 10:
+                log.info("snapshot_waiting_for_transactions", running=running)
+                told = time.monotonic()
+            cur = await conn.execute(
+                "SELECT array(SELECT x FROM unnest(%s::xid8[]) AS x "
+                "WHERE x IN (SELECT pg_snapshot_xip(pg_current_snapshot())))::text",
+                (running,),
+            )
+            row = await cur.fetchone()
+            running = row[0] if row is not None else "{}"
+
+    @staticmethod
+    async def _emit(conn: psycopg.AsyncConnection[Any], content: str) -> None:
+        await conn.execute("SELECT pg_logical_emit_message(false, %s, %s)", (WATERMARK_PREFIX, content))
+
+
+def progress_fields(t: SnapshotTable) -> dict[str, Any]:
+    """rows, rows/s and ETA of one table, for logs and metrics."""
+    elapsed = max(time.monotonic() - t.started, 1e-6)
+    rate = t.rows / elapsed
+    done, total = len(t.done), len(t.chunks)
+    left = max(t.rows_estimate - t.rows, 0)
+    eta = left / rate if rate > 0 and t.rows_estimate else None
+    return {"table": t.name, "rows": t.rows, "rows_per_s": round(rate), "chunks_done": done, "chunks": total,
+            "eta_s": round(eta, 1) if eta is not None else None}
