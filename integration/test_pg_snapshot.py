@@ -21,6 +21,7 @@ from integration.daemon import (
     Daemon,
     Daemons,
     JobFiles,
+    envelopes,
     job_config,
     rebuild,
     run_cdc,
@@ -113,7 +114,16 @@ def wait_equal(pg: PgDatabase, files: JobFiles, daemon: Daemon, table: str = "bi
         missing = [k for k in expected if k not in got][:5]
         extra = [k for k in got if k not in expected][:5]
         differ = [k for k in expected if k in got and got[k] != expected[k]][:5]
-        raise AssertionError(f"missing {missing} extra {extra} differ {differ}\n{daemon.tail()}") from None
+        keys = {k[0] for k in missing + extra + differ}
+        history = [
+            (e["op"], e["id"], e["before"], e["after"])
+            for e in envelopes(files.sink)
+            if (e["after"] or e["before"] or {}).get("id") in keys
+        ]
+        raise AssertionError(
+            f"missing {missing} extra {extra} differ {differ}\nsource: {[expected.get(k) for k in differ]}\n"
+            f"events of those keys: {history}\n{daemon.tail()}"
+        ) from None
 
 
 @pytest.mark.slow

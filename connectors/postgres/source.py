@@ -455,14 +455,15 @@ class PostgresSource:
                         if b.full(max_events, max_bytes) or time.monotonic() - b.opened >= max_wait:
                             yield emit(b.complete)
                     elif isinstance(msg, LogicalMessage) and tx is None and not msg.transactional:
+                        # A non-transactional message's LSN is where its record ends, which can be
+                        # the commit LSN of the very next transaction: it sits at LSN - 1.
                         if msg.prefix == WATERMARK_PREFIX:
-                            if self._watermark(b, msg, lsn):
-                                b.complete = Position(lsn)
+                            if self._watermark(b, msg, lsn - 1):
+                                b.complete = Position(lsn - 1)
                                 if b.full(max_events, max_bytes):
                                     yield emit(b.complete)
                         elif msg.prefix in self._messages:
-                            # A non-transactional message is a transaction of its own, at its LSN.
-                            alone = Transaction(0, lsn, datetime.now(UTC))
+                            alone = Transaction(0, lsn - 1, datetime.now(UTC))  # a transaction of its own
                             self._apply(b, msg, alone, 0, lsn, len(frame))
                             b.complete = alone.position()
                     elif tx is not None:
@@ -590,6 +591,11 @@ class PostgresSource:
             append = rel.append or b.segment(rel)
             for n, row in enumerate(rows, 1):
                 append(("r", tx, n, lsn, None, row))
+            # The chunk's rows sit in their own buffer: the table's next streamed change must
+            # open a buffer after it, or it would be written before rows older than itself.
+            rel.append = None
+            if stream_rel is not None:
+                stream_rel.append = None
         b.events += len(rows)
         b.nbytes += 64 * len(rows) * max(len(t.schema.columns), 1)
         t.rows += len(rows)
