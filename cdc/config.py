@@ -56,7 +56,7 @@ class PostgresSourceConfig(_Strict):
     connect_timeout_s: int = Field(default=10, ge=1)
     streaming: bool = True
     messages: list[str] = Field(default_factory=list)
-    on_slot_lost: Literal["fail"] = "fail"
+    on_slot_lost: Literal["fail", "recreate"] = "fail"
     lag_interval_s: float = Field(default=30.0, gt=0)
 
 

@@ -241,21 +241,33 @@ class PostgresSource:
             row = await cur.fetchone()
             assert row is not None
             database = str(row[0])
-            slot = await catalog.ensure_slot(conn, cfg.slot, database, self.where, wait_s=cfg.connect_timeout_s,
-                                             create=False)
+            recreate = False
+            try:
+                slot = await catalog.ensure_slot(conn, cfg.slot, database, self.where,
+                                                 wait_s=cfg.connect_timeout_s, create=False)
+            except SlotInvalidatedError:
+                if cfg.on_slot_lost != "recreate":
+                    raise
+                await conn.execute("SELECT pg_drop_replication_slot(%s)", (cfg.slot,))
+                slot = None
             if slot is None and resume_from is not None:
-                raise SlotInvalidatedError(
-                    f"{self.where}: replication slot {cfg.slot} is gone, but the sinks hold changes up to "
-                    f"{format_lsn(resume_from.commit)}: the changes since are lost to this slot; re-create the "
-                    "job's sinks from a new snapshot (on_slot_lost: fail)"
-                )
+                if cfg.on_slot_lost != "recreate":
+                    raise SlotInvalidatedError(
+                        f"{self.where}: replication slot {cfg.slot} is gone, but the sinks hold changes up to "
+                        f"{format_lsn(resume_from.commit)}: the changes since are lost to this slot; set "
+                        "on_slot_lost: recreate to re-snapshot every table, or re-create the job's sinks"
+                    )
+                recreate = True
+                self._log.warning("slot_lost_recreating", slot=cfg.slot, sinks_hold=format_lsn(resume_from.commit))
             self._streaming = cfg.streaming and conn.info.server_version >= 140000
             cur = await conn.execute(TYPE_CATALOG_SQL)
             self._types = PgTypeCatalog.from_rows(await cur.fetchall())
             self._primary_keys = await catalog.primary_keys(conn, tables)
             self._progress.load()
+            if recreate:
+                self._progress.tables = {}  # every table again, from the new slot's snapshot
             mode = self._snapshot_mode
-            initial = mode == "initial_only" or (mode == "initial" and slot is None)
+            initial = mode == "initial_only" or ((mode == "initial" or recreate) and slot is None)
             if initial or mode == "initial":
                 pending = [t for t in tables if not self._progress.is_done(f"{t[0]}.{t[1]}")]
                 planned = await describe_tables(conn, self.name, pending, self._types, self._chunk_rows)
