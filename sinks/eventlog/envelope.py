@@ -50,7 +50,8 @@ class EnvelopeSerializer:
         """``<source name>:<commit>:<seq>``: the same on every replay of the event."""
         return b"%s%d:%d" % (self._id_prefix, tx.commit, seq)
 
-    def _source_prefix(self, table: TableChanges, tx: Transaction) -> bytes:
+    def _source_prefix(self, table: TableChanges, tx: Transaction, snapshot: bool) -> bytes:
+        """The source block up to ``"lsn":``; `snapshot` marks snapshot reads (op ``r``)."""
         tid = table.schema.table
         block = orjson.dumps(
             {
@@ -58,7 +59,7 @@ class EnvelopeSerializer:
                 "connector": self._connector,
                 "name": self._source_name,
                 "ts_ms": (tx.commit_ts - _EPOCH) // _MILLISECOND,
-                "snapshot": "false",
+                "snapshot": "true" if snapshot else "false",
                 "db": self._database,
                 "schema": tid.schema,
                 "table": tid.table,
@@ -85,7 +86,7 @@ class EnvelopeSerializer:
         head = source = b""
         for op, tx, seq, lsn, before, after in table.changes:
             if tx is not last_tx:
-                source = self._source_prefix(table, tx)
+                source = self._source_prefix(table, tx, op == "r")
                 head = (b'{"id":"%s%d:' % (self._id_prefix, tx.commit)) if self._include_id else b""
                 last_tx = tx
             append(
@@ -112,7 +113,7 @@ class EnvelopeSerializer:
         head = source = tx_id = b""
         for (op, tx, seq, lsn, before, after), order in zip(table.changes, orders, strict=True):
             if tx is not last_tx:
-                source = self._source_prefix(table, tx)
+                source = self._source_prefix(table, tx, op == "r")
                 head = (b'{"id":"%s%d:' % (self._id_prefix, tx.commit)) if self._include_id else b""
                 tx_id = self.transaction_id(tx) + b'","total_order":'
                 last_tx = tx
