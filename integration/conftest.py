@@ -32,6 +32,7 @@ import pytest
 from psycopg.abc import Params, QueryNoTemplate
 
 from cdc.sandbox import DisposableMariaDB, DisposablePostgres
+from integration.daemon import Daemons
 
 #: PostgreSQL truncates identifiers to 63 bytes; MariaDB database names allow 64.
 MAX_IDENTIFIER = 63
@@ -143,3 +144,13 @@ def mariadb(mariadb_server: DisposableMariaDB, request: pytest.FixtureRequest) -
         )
     finally:
         mariadb_server.drop_database(dbname)
+
+
+@pytest.fixture
+def daemons() -> Iterator[Daemons]:
+    """Every daemon the test starts; any still running at teardown is killed."""
+    group = Daemons()
+    try:
+        yield group
+    finally:
+        group.stop_all()

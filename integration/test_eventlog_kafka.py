@@ -47,15 +47,6 @@ def kafka_cluster() -> Iterator[MockKafkaCluster]:
         cluster.close()
 
 
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    """Every daemon the test starts; any still running at teardown is killed."""
-    group = Daemons()
-    try:
-        yield group
-    finally:
-        group.stop_all()
-
 
 def _sinks(bootstrap: str) -> list[dict[str, Any]]:
     return [

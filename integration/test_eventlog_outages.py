@@ -48,15 +48,6 @@ def redis_server() -> Iterator[DisposableRedis]:
         yield server
 
 
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    """Every daemon the test starts; any still running at teardown is killed."""
-    group = Daemons()
-    try:
-        yield group
-    finally:
-        group.stop_all()
-
 
 def _sinks(nats: DisposableNats, redis: DisposableRedis) -> list[dict[str, Any]]:
     common = {"topic_prefix": "itest", "retry_backoff_s": 0.2, "retry_max_backoff_s": 1.0,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +29,6 @@ from integration.daemon import (
     wait_until,
     write_config,
 )
-
-
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    """Every daemon the test starts; any still running at teardown is killed."""
-    group = Daemons()
-    try:
-        yield group
-    finally:
-        group.stop_all()
 
 
 def start_job(pg: PgDatabase, tmp_path: Path, daemons: Daemons, include: list[str], **source: Any) -> tuple[

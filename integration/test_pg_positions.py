@@ -9,10 +9,7 @@ doubled. An idle job must still move its slot when the server writes WAL elsewhe
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from integration.conftest import PgDatabase
 from integration.daemon import (
@@ -25,16 +22,6 @@ from integration.daemon import (
     wait_until,
     write_config,
 )
-
-
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    """Every daemon the test starts; any still running at teardown is killed."""
-    group = Daemons()
-    try:
-        yield group
-    finally:
-        group.stop_all()
 
 
 def _job(pg: PgDatabase, tmp_path: Path, include: list[str], **pipeline: int) -> tuple[JobFiles, str]:

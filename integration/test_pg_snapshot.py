@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +28,6 @@ from integration.daemon import (
     wait_until,
     write_config,
 )
-
-
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    """Every daemon the test starts; any still running at teardown is killed."""
-    group = Daemons()
-    try:
-        yield group
-    finally:
-        group.stop_all()
 
 
 class Writers:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from integration.brokers import source_rows
 from integration.conftest import PgDatabase
 from integration.daemon import (
     Daemon,
@@ -39,45 +39,6 @@ from integration.daemon import (
 ITEMS = "public.items"
 CATCH_UP_S = 30.0
 
-
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    """Every daemon the test starts; any still running at teardown is killed."""
-    group = Daemons()
-    try:
-        yield group
-    finally:
-        group.stop_all()
-
-
-def iso_utc(value: datetime) -> str:
-    """A timestamptz as the sink renders it: ISO-8601 in UTC with ``Z``.
-
-    The fraction is PostgreSQL's (microseconds without trailing zeros, none when zero).
-    """
-    text = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    if value.microsecond:
-        text += f".{value.microsecond:06d}".rstrip("0")
-    return text + "Z"
-
-
-def json_value(value: Any) -> Any:
-    """A source value as the event JSON holds it: int as is, numeric as a decimal string."""
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime):
-        return iso_utc(value)
-    return value
-
-
-def source_rows(pg: PgDatabase, table: str, key: str = "id") -> dict[Key, Row]:
-    """``SELECT *`` of a source table as ``{(key,): {column: JSON value}}``."""
-    with pg.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"SELECT * FROM {table} ORDER BY {key}")  # noqa: S608 - test constants
-        assert cur.description is not None
-        names = [d.name for d in cur.description]
-        rows = [dict(zip(names, map(json_value, row), strict=True)) for row in cur.fetchall()]
-    return {(row[key],): row for row in rows}
 
 
 def sink_rows(files: JobFiles, table: str, *, durable_only: bool = True) -> dict[Key, Row]:
