@@ -7,7 +7,8 @@ What it does, in order:
 2. Runs the real daemon, ``python -m cdc.cli run config/demo.yaml``, as a child process with
    ``CDC_DEMO_DSN`` pointing at that server and ``CDC_DEMO_DIR`` at the demo directory
    (``./.demo`` by default, wiped first); its JSON log goes to ``<dir>/cdc.log``.
-3. Once the daemon logged ``replication_started``, seeds 50 customers and then writes a shop
+3. Seeds 50 customers before the daemon starts (its initial snapshot copies them, as
+   ``op: "r"`` events); once the daemon logged ``replication_started``, writes a shop
    workload for ``--seconds`` (default 20) at about ``--rate`` transactions per second: new
    customers, orders with 1-5 items in one transaction, status changes (pending -> paid ->
    shipped), cancellations (the order's items and the order deleted). Prints progress once
@@ -18,9 +19,9 @@ What it does, in order:
    commit order and duplicate checks, and a consistency check: per table, the rows rebuilt
    by replaying the events equal the source table's rows, column by column.
 
-The customers are seeded *after* replication started, not before: the config says
-``snapshot: never``, so rows that existed before the slot would never reach the sink, and
-the consistency check compares the source with nothing but what the stream delivered.
+The config says ``snapshot: initial``: the seeded rows reach the sink through the snapshot,
+everything after through the stream, and the consistency check compares the source with
+both.
 
 Exit status: 0 when the daemon ran cleanly and every table is consistent, 1 otherwise
 (including setup failures, reported as one ``demo: error: ...`` line), 130 on Ctrl-C or
@@ -755,22 +756,21 @@ def run_demo(settings: DemoSettings, screen: Screen) -> int:
         config, events_dir = _load_demo_config(settings.config, env, pg.dsn(DATABASE))
         job = config.jobs[0]
         assert isinstance(job.source, PostgresSourceConfig)
-        t0 = time.monotonic()
-        daemon = DaemonProcess(settings.config, log_path, env)
-        ready = daemon.wait_for("replication_started", timeout=60)
-        screen.step(f"cdc run {_rel(settings.config)}  (pid {daemon.pid})",
-                    detail=f"slot {ready.get('slot')}, {ready.get('tables')} tables, streaming after "
-                           f"{time.monotonic() - t0:.1f} s; log {_rel(log_path)}")
-
         # synchronous_commit=on (cheap: the sandbox runs with fsync=off): the walsender only
         # decodes flushed WAL, so the sandbox's default (off) would add up to 200 ms of lag
         # that a production server with synchronous commits does not have.
         with psycopg.connect(pg.dsn(DATABASE), autocommit=True, options="-c synchronous_commit=on") as conn:
-            tables = captured_tables(conn, job.source.publication)
-            reader = SinkReader(events_dir, tables)
             workload = ShopWorkload(conn, rng)
             workload.seed_customers(settings.customers)
-            screen.step(f"seeded {settings.customers} customers in one transaction")
+            screen.step(f"seeded {settings.customers} customers in one transaction (the snapshot copies them)")
+            t0 = time.monotonic()
+            daemon = DaemonProcess(settings.config, log_path, env)
+            ready = daemon.wait_for("replication_started", timeout=60)
+            screen.step(f"cdc run {_rel(settings.config)}  (pid {daemon.pid})",
+                        detail=f"slot {ready.get('slot')}, {ready.get('tables')} tables, snapshot done and "
+                               f"streaming after {time.monotonic() - t0:.1f} s; log {_rel(log_path)}")
+            tables = captured_tables(conn, job.source.publication)
+            reader = SinkReader(events_dir, tables)
             _write_workload(workload, reader, daemon, settings, screen)
             caught_up = _wait_for_sink(workload, reader, daemon, screen)
             code = daemon.stop(config.shutdown_grace_s + 10)
@@ -864,9 +864,9 @@ def _summary(screen: Screen, workload: ShopWorkload, reader: SinkReader,
     for name in sorted(reader.tally):
         ops = reader.tally[name].ops
         totals.update(ops)
-        rows.append([name, *(_thousands(ops[o]) for o in "cud"), _thousands(sum(ops.values()))])
-    screen.table(["table", "c insert", "u update", "d delete", "total"], rows,
-                 footer=["all", *(_thousands(totals[o]) for o in "cud"), _thousands(sum(totals.values()))])
+        rows.append([name, *(_thousands(ops[o]) for o in "rcud"), _thousands(sum(ops.values()))])
+    screen.table(["table", "r snapshot", "c insert", "u update", "d delete", "total"], rows,
+                 footer=["all", *(_thousands(totals[o]) for o in "rcud"), _thousands(sum(totals.values()))])
     kinds = ", ".join(f"{k} {n}" for k, n in workload.by_kind.most_common())
     screen.line(f"   {_thousands(workload.transactions)} transactions written: ", (kinds, "dim"))
     screen.line(f"   {_thousands(len(reader.commits))} transactions in the sink, "
