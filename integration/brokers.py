@@ -13,27 +13,24 @@
   everything a sink published, as `Message`s in each stream's (partition's) order.
 - `rebuild`: the table state a Debezium consumer derives from the messages, dropping
   repeated event ids first; `source_rows` is the same table read from PostgreSQL.
-- `ChangeWriter`: transactions of inserts, updates (some moving the key) and deletes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from integration.conftest import PgDatabase
-from integration.daemon import JobFiles, job_config, write_config
+from integration.daemon import JobFiles, apply_envelope, job_config, write_config
 
 Row = dict[str, Any]
 Key = tuple[Any, ...]
@@ -194,23 +191,7 @@ def rebuild(messages: Iterable[Message], keys: Mapping[str, Sequence[str]] | Non
         env = envelope(m)
         if env is None or "status" in env:
             continue
-        source = env["source"]
-        table = f"{source['schema']}.{source['table']}"
-        rows = state.setdefault(table, {})
-        columns = keys.get(table, default_key)
-        op, before, after = env["op"], env["before"], env["after"]
-        if op in ("c", "u", "r"):
-            key = tuple(after[c] for c in columns)
-            if before is not None:
-                old = tuple(before[c] for c in columns)
-                if old != key:
-                    rows.pop(old, None)
-            stored = rows.get(key, {})
-            rows[key] = {c: stored.get(c) if v == UNAVAILABLE else v for c, v in after.items()}
-        elif op == "d":
-            rows.pop(tuple(before[c] for c in columns), None)
-        elif op == "t":
-            rows.clear()
+        apply_envelope(state, env, keys, default_key)
     return state
 
 
@@ -242,59 +223,6 @@ def source_rows(pg: PgDatabase, table: str, key: str = "id") -> dict[Key, Row]:
         names = [d.name for d in cur.description]
         rows = [dict(zip(names, map(json_value, row), strict=True)) for row in cur.fetchall()]
     return {(row[key],): row for row in rows}
-
-
-ITEMS_DDL = "CREATE TABLE items (id int PRIMARY KEY, name text, qty int, price numeric(12,2), updated timestamptz)"
-
-
-class ChangeWriter:
-    """Deterministic transactions of 2-6 inserts, updates (some moving the key) and deletes on items."""
-
-    NAMES = ("widget", "gadget", 'say "hi"', "back\\slash", "new\nline", "Zürich ✓", "", None)
-
-    def __init__(self, pg: PgDatabase, seed: int) -> None:
-        self.rng = random.Random(seed)
-        self.conn = psycopg.connect(pg.dsn, connect_timeout=10)
-        self.live: list[int] = []
-        self.next_id = 1
-        self.transactions = 0
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def _values(self) -> tuple[Any, ...]:
-        rng = self.rng
-        price = Decimal(rng.randint(-10**6, 10**10)) / 100
-        updated: datetime | None = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(
-            seconds=rng.randint(0, 10**8), microseconds=rng.choice([0, 120, rng.randint(1, 999_999)])
-        )
-        if rng.random() < 0.1:
-            updated = None
-        return rng.choice(self.NAMES), rng.randint(0, 500), price, updated
-
-    def transaction(self) -> None:
-        """Commit one transaction."""
-        rng = self.rng
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            for _ in range(rng.randint(2, 6)):
-                roll = rng.random()
-                if roll < 0.45 or len(self.live) < 3:
-                    cur.execute("INSERT INTO items VALUES (%s, %s, %s, %s, %s)", (self.next_id, *self._values()))
-                    self.live.append(self.next_id)
-                    self.next_id += 1
-                elif roll < 0.75:
-                    name, qty, price, updated = self._values()
-                    cur.execute("UPDATE items SET name = %s, qty = %s, price = %s, updated = %s WHERE id = %s",
-                                (name, qty, price, updated, rng.choice(self.live)))
-                elif roll < 0.82:
-                    old = rng.choice(self.live)
-                    cur.execute("UPDATE items SET id = %s, qty = qty + 1 WHERE id = %s", (self.next_id, old))
-                    self.live[self.live.index(old)] = self.next_id
-                    self.next_id += 1
-                else:
-                    victim = self.live.pop(rng.randrange(len(self.live)))
-                    cur.execute("DELETE FROM items WHERE id = %s", (victim,))
-        self.transactions += 1
 
 
 def broker_job(pg: PgDatabase, root: Path, sinks: list[dict[str, Any]], **options: Any) -> tuple[JobFiles, str]:

@@ -16,16 +16,23 @@ off on its next start.
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import psycopg
 import yaml
+
+if TYPE_CHECKING:
+    from integration.conftest import PgDatabase
 
 #: The repository root: the daemon runs from here so ``-m cdc.cli`` imports this checkout.
 ROOT = Path(__file__).resolve().parents[1]
@@ -313,27 +320,95 @@ def rebuild(
     keys = keys or {}
     state: dict[str, dict[Key, Row]] = {}
     for env in envelopes(path, durable_only=durable_only):
-        source = env["source"]
-        table = f"{source['schema']}.{source['table']}"
-        rows = state.setdefault(table, {})
-        columns = keys.get(table, default_key)
-        op = env["op"]
-        before, after = env["before"], env["after"]
-        if op in ("c", "u", "r"):
-            key = tuple(after[c] for c in columns)
-            if before is not None:
-                old = tuple(before[c] for c in columns)
-                if old != key:
-                    rows.pop(old, None)
-            stored = rows.get(key, {})
-            rows[key] = {c: stored.get(c) if v == UNAVAILABLE else v for c, v in after.items()}
-        elif op == "d":
-            rows.pop(tuple(before[c] for c in columns), None)
-        elif op == "t":
-            rows.clear()
-        else:
-            raise AssertionError(f"unexpected op {op!r} in {env}")
+        if not apply_envelope(state, env, keys, default_key):
+            raise AssertionError(f"unexpected op {env['op']!r} in {env}")
     return state
+
+
+def apply_envelope(
+    state: dict[str, dict[Key, Row]], env: Mapping[str, Any], keys: Mapping[str, Sequence[str]],
+    default_key: Sequence[str],
+) -> bool:
+    """Apply one Debezium envelope to `state` (see `rebuild`); False for an op that is no row change."""
+    source = env["source"]
+    table = f"{source['schema']}.{source['table']}"
+    rows = state.setdefault(table, {})
+    columns = keys.get(table, default_key)
+    op, before, after = env["op"], env["before"], env["after"]
+    if op in ("c", "u", "r"):
+        key = tuple(after[c] for c in columns)
+        if before is not None:
+            old = tuple(before[c] for c in columns)
+            if old != key:
+                rows.pop(old, None)
+        stored = rows.get(key, {})
+        rows[key] = {c: stored.get(c) if v == UNAVAILABLE else v for c, v in after.items()}
+    elif op == "d":
+        rows.pop(tuple(before[c] for c in columns), None)
+    elif op == "t":
+        rows.clear()
+    else:
+        return False
+    return True
+
+
+# -- a source workload -------------------------------------------------------------------------
+
+ITEMS_DDL = "CREATE TABLE items (id int PRIMARY KEY, name text, qty int, price numeric(12,2), updated timestamptz)"
+
+
+class ChangeWriter:
+    """Deterministic transactions of 2-6 inserts, updates (some moving the key) and deletes on `items`
+    (`ITEMS_DDL`), with awkward text, extreme integers, NULLs and odd microseconds."""
+
+    NAMES = ("widget", "gadget", 'say "hi"', "back\\slash", "new\nline", "Zürich ✓", "", None)
+
+    def __init__(self, pg: PgDatabase, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.conn = psycopg.connect(pg.dsn, connect_timeout=10)
+        self.live: list[int] = []
+        self.next_id = 1
+        self.transactions = 0
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _values(self) -> tuple[Any, ...]:
+        rng = self.rng
+        price = Decimal(rng.randint(-10**6, 10**10)) / 100
+        updated: datetime | None = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(
+            seconds=rng.randint(0, 10**8), microseconds=rng.choice([0, 100_000, 120, rng.randint(1, 999_999)])
+        )
+        if rng.random() < 0.1:
+            updated = None
+        qty = rng.randint(-(2**31), 2**31 - 1) if rng.random() < 0.1 else rng.randint(0, 500)
+        return rng.choice(self.NAMES), qty, price, updated
+
+    def transaction(self) -> None:
+        """Commit one transaction of 2 to 6 row changes."""
+        rng = self.rng
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            for _ in range(rng.randint(2, 6)):
+                roll = rng.random()
+                if roll < 0.45 or len(self.live) < 3:
+                    cur.execute("INSERT INTO items VALUES (%s, %s, %s, %s, %s)", (self.next_id, *self._values()))
+                    self.live.append(self.next_id)
+                    self.next_id += 1
+                elif roll < 0.75:
+                    name, qty, price, updated = self._values()
+                    cur.execute(
+                        "UPDATE items SET name = %s, qty = %s, price = %s, updated = %s WHERE id = %s",
+                        (name, qty, price, updated, rng.choice(self.live)),
+                    )
+                elif roll < 0.82:
+                    old = rng.choice(self.live)
+                    cur.execute("UPDATE items SET id = %s, qty = qty + 1 WHERE id = %s", (self.next_id, old))
+                    self.live[self.live.index(old)] = self.next_id
+                    self.next_id += 1
+                else:
+                    victim = self.live.pop(rng.randrange(len(self.live)))
+                    cur.execute("DELETE FROM items WHERE id = %s", (victim,))
+        self.transactions += 1
 
 
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> None:

@@ -19,8 +19,6 @@ from typing import Any
 import pytest
 
 from integration.brokers import (
-    ITEMS_DDL,
-    ChangeWriter,
     Message,
     MockKafkaCluster,
     broker_job,
@@ -31,7 +29,7 @@ from integration.brokers import (
     source_rows,
 )
 from integration.conftest import PgDatabase
-from integration.daemon import Daemons, wait_until
+from integration.daemon import ITEMS_DDL, ChangeWriter, Daemons, wait_until
 
 CATCH_UP_S = 30.0
 EVENT_ID = re.compile(r"^itest:(\d+):(\d+)(:delete)?(:tombstone)?$")

@@ -18,8 +18,6 @@ import pytest
 
 from cdc.sandbox import DisposableNats, DisposableRedis
 from integration.brokers import (
-    ITEMS_DDL,
-    ChangeWriter,
     broker_job,
     checkpoint_of,
     read_nats,
@@ -28,7 +26,7 @@ from integration.brokers import (
     source_rows,
 )
 from integration.conftest import PgDatabase
-from integration.daemon import Daemons, wait_until
+from integration.daemon import ITEMS_DDL, ChangeWriter, Daemons, wait_until
 
 CATCH_UP_S = 40.0
 OUTAGE_S = 10.0

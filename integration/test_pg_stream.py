@@ -8,20 +8,18 @@ with a ``SELECT`` of the source, row by row, with values in the documented JSON 
 
 from __future__ import annotations
 
-import random
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from integration.brokers import source_rows
 from integration.conftest import PgDatabase
 from integration.daemon import (
+    ITEMS_DDL,
+    ChangeWriter,
     Daemon,
     Daemons,
     JobFiles,
@@ -77,63 +75,10 @@ def slot_confirmed_flush(pg: PgDatabase, slot: str) -> int:
     return int(rows[0][0])
 
 
-class Writer:
-    """Deterministic transactions of inserts, updates (some moving the key) and deletes on items."""
-
-    NAMES = ("widget", "gadget", 'say "hi"', "back\\slash", "new\nline", "Zürich ✓", "", None)
-
-    def __init__(self, pg: PgDatabase, seed: int) -> None:
-        self.rng = random.Random(seed)
-        self.conn = psycopg.connect(pg.dsn, connect_timeout=10)
-        self.live: list[int] = []
-        self.next_id = 1
-        self.transactions = 0
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def _values(self) -> tuple[Any, ...]:
-        rng = self.rng
-        price = Decimal(rng.randint(-10**6, 10**10)) / 100
-        updated: datetime | None = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(
-            seconds=rng.randint(0, 10**8), microseconds=rng.choice([0, 100_000, 120, rng.randint(1, 999_999)])
-        )
-        if rng.random() < 0.1:
-            updated = None
-        qty = rng.randint(-(2**31), 2**31 - 1) if rng.random() < 0.1 else rng.randint(0, 500)
-        return rng.choice(self.NAMES), qty, price, updated
-
-    def transaction(self) -> None:
-        """Commit one transaction of 2 to 6 row changes."""
-        rng = self.rng
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            for _ in range(rng.randint(2, 6)):
-                roll = rng.random()
-                if roll < 0.45 or len(self.live) < 3:
-                    cur.execute("INSERT INTO items VALUES (%s, %s, %s, %s, %s)", (self.next_id, *self._values()))
-                    self.live.append(self.next_id)
-                    self.next_id += 1
-                elif roll < 0.75:
-                    name, qty, price, updated = self._values()
-                    cur.execute(
-                        "UPDATE items SET name = %s, qty = %s, price = %s, updated = %s WHERE id = %s",
-                        (name, qty, price, updated, rng.choice(self.live)),
-                    )
-                elif roll < 0.82:
-                    old = rng.choice(self.live)
-                    cur.execute("UPDATE items SET id = %s, qty = qty + 1 WHERE id = %s", (self.next_id, old))
-                    self.live[self.live.index(old)] = self.next_id
-                    self.next_id += 1
-                else:
-                    victim = self.live.pop(rng.randrange(len(self.live)))
-                    cur.execute("DELETE FROM items WHERE id = %s", (victim,))
-        self.transactions += 1
-
-
 @pytest.fixture
 def items(pg: PgDatabase) -> PgDatabase:
     """The source table of the streaming tests (REPLICA IDENTITY DEFAULT, primary key id)."""
-    pg.execute("CREATE TABLE items (id int PRIMARY KEY, name text, qty int, price numeric(12,2), updated timestamptz)")
+    pg.execute(ITEMS_DDL)
     return pg
 
 
@@ -152,7 +97,7 @@ def test_kill_9_twice_mid_stream_loses_and_doubles_nothing(
     files, slot = make_job(pg, tmp_path)
     daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
     daemon.wait_for("replication_started")
-    writer = Writer(pg, seed=20240601)
+    writer = ChangeWriter(pg, seed=20240601)
     durable: dict[str, int] | None = None  # the sink's position when the daemon was last killed
     try:
         for tx in range(1, 51):
@@ -190,7 +135,7 @@ def test_sigterm_drains_and_restart_resumes(items: PgDatabase, tmp_path: Path, d
     files, _ = make_job(pg, tmp_path)
     daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
     daemon.wait_for("replication_started")
-    writer = Writer(pg, seed=7)
+    writer = ChangeWriter(pg, seed=7)
     try:
         for _ in range(10):
             writer.transaction()
