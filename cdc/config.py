@@ -60,6 +60,21 @@ class PostgresSourceConfig(_Strict):
     lag_interval_s: float = Field(default=30.0, gt=0)
 
 
+class MySqlSourceConfig(_Strict):
+    """A MySQL or MariaDB server's row binlog (docs/mysql.md)."""
+
+    type: Literal["mysql"]
+    host: str = "127.0.0.1"
+    port: int = Field(default=3306, ge=1, le=65535)
+    user: str = Field(min_length=1)
+    password: SecretStr = SecretStr("")
+    server_id: int = Field(ge=1, le=4294967295)
+    connect_timeout_s: int = Field(default=10, ge=1)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    zero_dates: Literal["null", "fail"] = "null"
+
+
 class FileSinkConfig(_Strict):
     type: Literal["file"]
     name: str | None = None
@@ -68,7 +83,7 @@ class FileSinkConfig(_Strict):
     fsync: bool = True
 
 
-SourceConfig = Annotated[PostgresSourceConfig, Field(discriminator="type")]
+SourceConfig = Annotated[PostgresSourceConfig | MySqlSourceConfig, Field(discriminator="type")]
 #: Placeholders a topic (subject, stream key) template may use.
 TOPIC_PLACEHOLDERS = frozenset({"prefix", "source", "database", "schema", "table"})
 _TOPIC_PREFIX = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$"

@@ -1,0 +1,472 @@
+"""The MySQL/MariaDB source: the row binlog into `ChangeBatch`es of whole transactions.
+
+Start-up (`start`) checks the server (connectors/mysql/catalog.py), selects the tables,
+and decides where to read: from the sinks' position (connectors/mysql/positions.py),
+from a fresh consistent snapshot (connectors/mysql/snapshot.py), or from the server's
+current position. Streaming (`batches`) reads `BinlogRecord`s from the adapter
+(connectors/mysql/binlog.py, the only module that imports python-mysql-replication) in a
+worker thread, through a bounded queue, and appends normalised rows into per-table
+buffers of the open batch. The checkpoint only moves at a commit (XID) or after a
+statement of its own (DDL); a giant transaction is cut into chunks whose positions
+name the last event in them.
+
+A table's schema and codec come from its table map (column names, types, signedness,
+primary key: ``binlog_row_metadata=FULL``) refined by the catalog (MariaDB's JSON, UUID,
+INET6), cached by the table's name and table-map columns, never by table id, and
+forgotten after every DDL statement, so an ``ALTER TABLE`` mid-stream shows in the next
+events' schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import structlog
+
+from cdc.config import MySqlSourceConfig, TablesConfig
+from cdc.errors import (
+    CdcError,
+    DecodeError,
+    MissingTableError,
+    SourceConnectionError,
+    SourceSetupError,
+    first_line,
+)
+from cdc.events import ChangeBatch, Column, Position, RawRow, RowChange, TableChanges, TableId, TableSchema, Transaction
+from cdc.sink import SourceInfo
+from cdc.source import BatchPolicy
+from connectors.mysql import catalog
+from connectors.mysql import positions as pos
+from connectors.mysql.binlog import (
+    EMPTY_SET,
+    ZERO_DATE,
+    BinlogConnectionLost,
+    BinlogReader,
+    BinlogRecord,
+    Idle,
+    Rotate,
+    Rows,
+    Statement,
+    TableMap,
+    TxCommit,
+    TxStart,
+)
+from connectors.mysql.snapshot import SnapshotReader, SnapshotTable, describe_table, sql_type
+from connectors.mysql.types import MySqlColumnType, MySqlRowCodec
+
+log = structlog.get_logger(__name__)
+
+#: Records queued between the reader thread and the event loop (each at most one rows event).
+_QUEUE_RECORDS = 2_000
+
+
+class BinlogPurgedError(SourceSetupError):
+    """The binlog file the job must resume from is gone from the server."""
+
+
+@dataclass(slots=True)
+class _Table:
+    schema: TableSchema
+    codec: MySqlRowCodec
+    normalise: list[tuple[int, Callable[[Any], Any]]]
+    zero_dates: set[int]  # columns whose library None may stand for a zero date
+    append: Callable[[RowChange], None] | None = None
+
+
+class _OpenBatch:
+    __slots__ = ("complete", "events", "filling", "nbytes", "opened", "tables")
+
+    def __init__(self) -> None:
+        self.filling: list[_Table] = []
+        self.tables: list[TableChanges] = []
+        self.events = 0
+        self.nbytes = 0
+        self.opened = time.monotonic()
+        self.complete: Position | None = None
+
+    def segment(self, rel: _Table) -> Callable[[RowChange], None]:
+        seg = TableChanges(rel.schema, rel.codec)
+        self.tables.append(seg)
+        self.filling.append(rel)
+        rel.append = seg.changes.append
+        return rel.append
+
+    def full(self, max_events: int, max_bytes: int) -> bool:
+        return self.events >= max_events or self.nbytes >= max_bytes
+
+    def cut(self, position: Position) -> ChangeBatch:
+        out = ChangeBatch(position, self.tables, self.nbytes)
+        for rel in self.filling:
+            rel.append = None
+        self.filling = []
+        self.tables, self.events, self.nbytes, self.complete = [], 0, 0, None
+        return out
+
+
+class _Pump:
+    """Runs the blocking `BinlogReader` in a thread, into a bounded queue."""
+
+    def __init__(self, reader: BinlogReader) -> None:
+        self.reader = reader
+        self.queue: queue.Queue[BinlogRecord | BaseException] = queue.Queue(_QUEUE_RECORDS)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cdc-binlog", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for record in self.reader.records():
+                while not self._stop.is_set():
+                    try:
+                        self.queue.put(record, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as err:  # handed to the event loop, which raises it
+            if not self._stop.is_set():
+                self.queue.put(err)
+
+    def take(self, max_records: int, timeout: float) -> list[BinlogRecord | BaseException]:
+        """Up to `max_records` records, waiting at most `timeout` s for the first (blocking)."""
+        try:
+            out = [self.queue.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while len(out) < max_records:
+            try:
+                out.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        self.reader.close()
+        self._thread.join(timeout=5)
+
+
+class MySqlSource:
+    """`{type: mysql, host, port, user, password, server_id}`: see the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        config: MySqlSourceConfig,
+        tables: TablesConfig,
+        *,
+        state_dir: Path | None = None,
+        snapshot: str = "never",
+        snapshot_chunk_rows: int = 50_000,
+    ) -> None:
+        self.name = name
+        self._config = config
+        self._tables_config = tables
+        self.where = f"job {name}: mysql {config.host}:{config.port}"
+        databases = sorted({p.split(".", 1)[0] for p in tables.include})
+        self.info = SourceInfo("mysql", name, databases[0] if len(databases) == 1 and "*" not in databases[0] else "")
+        self._snapshot_mode = snapshot
+        self._chunk_rows = snapshot_chunk_rows
+        self._selected: set[tuple[str, str]] = set()
+        self._tables: dict[tuple[str, str, tuple[tuple[str, int], ...]], _Table] = {}
+        self._base = ""
+        self._start: tuple[int, int] = (0, 0)  # (file index, offset) the dump starts at
+        self._snapshot: SnapshotReader | None = None
+        self._snapshot_tables: list[tuple[str, str]] = []
+        self._pump: _Pump | None = None
+        self._ctl: pymysql.connections.Connection[Any] | None = None
+        self.zero_dates = 0  # zero dates delivered as NULL (a counter for metrics)
+        self._log = log.bind(job=name, source="mysql")
+
+    def _connect(self) -> pymysql.connections.Connection[Any]:
+        c = self._config
+        return catalog.connect(c.host, c.port, c.user, c.password.get_secret_value(), c.connect_timeout_s, self.where)
+
+    # -- start-up ---------------------------------------------------------------------
+
+    async def start(self, resume_from: Position | None) -> None:
+        await asyncio.to_thread(self._start_blocking, resume_from)
+
+    def _start_blocking(self, resume_from: Position | None) -> None:
+        cfg = self._config
+        conn = self._connect()
+        self._ctl = conn
+        try:
+            server = catalog.check_server(conn, self.where, cfg.server_id)
+            self._mariadb = server.mariadb
+            tables = catalog.select_tables(conn, self._tables_config.include, self._tables_config.exclude, self.where)
+            if not tables:
+                raise MissingTableError(
+                    f"{self.where}: no table matches tables.include {self._tables_config.include}; "
+                    "name tables as <database>.<table> globs"
+                )
+            self._selected = set(tables)
+            logs = catalog.binary_logs(conn)
+            if not logs:
+                raise SourceSetupError(f"{self.where}: the server lists no binary logs; is log_bin on?")
+            self._base = logs[0].rpartition(".")[0]
+            have = {pos.file_index(n) for n in logs}
+            snapshot_pending = resume_from is None or (not resume_from.whole and resume_from.commit & 1 == 1)
+            if snapshot_pending and self._snapshot_mode in ("initial", "initial_only"):
+                self._snapshot = SnapshotReader(self._connect(), server.mariadb)
+                self._snapshot_tables = sorted(tables)
+                self._start = (pos.file_index(self._snapshot.file), self._snapshot.position)
+                self._log.info("snapshot_started", mode=self._snapshot_mode, tables=len(tables),
+                               consistent_point=f"{self._snapshot.file}:{self._snapshot.position}")
+                return
+            if resume_from is None:
+                file, offset = catalog.current_position(conn)
+                self._start = (pos.file_index(file), offset)
+            else:
+                self._start = pos.resume_point(resume_from)
+                if self._start[0] not in have:
+                    raise BinlogPurgedError(
+                        f"{self.where}: the sinks need binlog {pos.file_name(self._base, self._start[0])} at "
+                        f"{self._start[1]}, which the server has purged (oldest: {logs[0]}); changes since are "
+                        "lost to this job: delete the sinks' data and the job's state to re-snapshot, and keep "
+                        "binlogs longer (binlog_expire_logs_seconds)"
+                    )
+        except pymysql.Error as err:
+            raise SourceConnectionError(f"{self.where}: {first_line(err)}") from err
+
+    def _open_stream(self) -> None:
+        cfg = self._config
+        index, offset = self._start
+        databases = sorted({d for d, _ in self._selected})
+        reader = BinlogReader(
+            host=cfg.host, port=cfg.port, user=cfg.user, password=cfg.password.get_secret_value(),
+            server_id=cfg.server_id, log_file=pos.file_name(self._base, index), log_pos=offset,
+            schemas=databases, heartbeat_s=cfg.heartbeat_interval_s, read_timeout_s=cfg.read_timeout_s,
+            connect_timeout_s=cfg.connect_timeout_s,
+        )
+        self._pump = _Pump(reader)
+        self._log.info("replication_started", binlog=pos.file_name(self._base, index), offset=offset,
+                       tables=len(self._selected))
+
+    # -- snapshot ---------------------------------------------------------------------
+
+    async def _snapshot_batches(self, policy: BatchPolicy, stop: asyncio.Event) -> AsyncIterator[ChangeBatch]:
+        """The snapshot's rows as ``op=r`` at ``Position(before(consistent point), n)``."""
+        reader = self._snapshot
+        assert reader is not None and self._ctl is not None
+        point = pos.before(*self._start)
+        tx = Transaction(0, point, datetime.now(UTC))
+        seq = 0
+        b = _OpenBatch()
+        try:
+            for database, table in self._snapshot_tables:
+                st: SnapshotTable = await asyncio.to_thread(describe_table, self._ctl, self.name, database, table)
+                rel = _Table(st.schema, st.codec, [], set())
+                chunks = reader.rows(st, min(self._chunk_rows, policy.max_events))
+                started = time.monotonic()
+                while True:
+                    rows = await asyncio.to_thread(next, chunks, None)
+                    if rows is None:
+                        break
+                    append = rel.append or b.segment(rel)
+                    for row in rows:
+                        seq += 1
+                        append(("r", tx, seq, point, None, row))
+                    b.events += len(rows)
+                    b.nbytes += 64 * len(rows) * max(len(st.schema.columns), 1)
+                    st.rows += len(rows)
+                    if b.full(policy.max_events, policy.max_bytes):
+                        yield b.cut(tx.position(seq))
+                    if stop.is_set():
+                        if b.events:
+                            yield b.cut(tx.position(seq))
+                        return
+                elapsed = time.monotonic() - started
+                self._log.info("snapshot_table_done", table=f"{database}.{table}", rows=st.rows,
+                               rows_per_s=round(st.rows / elapsed) if elapsed > 0 else None)
+            yield b.cut(tx.position())
+        except pymysql.Error as err:
+            raise SourceConnectionError(f"{self.where}: snapshot: {first_line(err)}") from err
+        finally:
+            self._snapshot = None
+            await asyncio.to_thread(reader.close)
+
+    # -- streaming --------------------------------------------------------------------
+
+    async def batches(self, policy: BatchPolicy, stop: asyncio.Event) -> AsyncIterator[ChangeBatch]:
+        if self._snapshot is not None:
+            async for batch in self._snapshot_batches(policy, stop):
+                yield batch
+            if self._snapshot_mode == "initial_only" or stop.is_set():
+                return
+        await asyncio.to_thread(self._open_stream)
+        pump = self._pump
+        assert pump is not None
+        max_events, max_bytes, max_wait = policy.max_events, policy.max_bytes, policy.max_wait_s
+        b = _OpenBatch()
+        index = self._start[0]
+        last_yielded = Position(pos.before(*self._start))
+        tx: Transaction | None = None
+        seq = 0
+        gtid: str | None = None
+
+        def emit(position: Position) -> ChangeBatch:
+            nonlocal last_yielded
+            last_yielded = position
+            return b.cut(position)
+
+        while not stop.is_set():
+            wait = max_wait if not b.events else max(0.001, max_wait - (time.monotonic() - b.opened))
+            records = await asyncio.to_thread(pump.take, 512, min(wait, 0.5))
+            for rec in records:
+                if isinstance(rec, BaseException):
+                    if isinstance(rec, BinlogConnectionLost):
+                        raise SourceConnectionError(
+                            f"{self.where}: binlog connection lost ({rec}); restarting from the last checkpoint"
+                        ) from rec
+                    if isinstance(rec, CdcError):
+                        raise rec
+                    raise DecodeError(f"{self.where}: cannot decode the binlog: {first_line(rec)}") from rec
+                if isinstance(rec, Rows):
+                    if tx is None:
+                        continue  # rows outside a transaction (cannot happen with a row binlog)
+                    key = (rec.table.database, rec.table.table)
+                    if key not in self._selected:
+                        continue
+                    rel = await self._table(rec.table)
+                    seq = self._append_rows(b, rel, rec, tx, seq, index)
+                    if b.full(max_events, max_bytes):
+                        yield emit(tx.position(seq))  # a chunk of a giant transaction
+                elif isinstance(rec, TxStart):
+                    index = pos.file_index(rec.file)
+                    tx = Transaction(0, pos.transaction_commit(index, rec.start),
+                                     datetime.fromtimestamp(rec.timestamp, UTC))
+                    seq = 0
+                    gtid = rec.gtid
+                elif isinstance(rec, TxCommit):
+                    if tx is not None:
+                        tx.xid = rec.xid
+                        tx.commit_ts = datetime.fromtimestamp(rec.timestamp, UTC)
+                        b.complete, tx = tx.position(), None
+                        if b.full(max_events, max_bytes) or time.monotonic() - b.opened >= max_wait:
+                            yield emit(b.complete)
+                elif isinstance(rec, Statement):
+                    # DDL (or any statement of its own): refresh schemas; the checkpoint may move past it.
+                    self._tables.clear()
+                    commit = tx.commit if tx is not None else pos.transaction_commit(index, rec.start)
+                    tx = None
+                    b.complete = Position(commit)
+                    self._log.info("binlog_statement", database=rec.database, gtid=gtid,
+                                   position=pos.describe(commit), statement=rec.query.split(None, 3)[:3])
+                    if not b.events:
+                        yield emit(b.complete)
+                elif isinstance(rec, Rotate):
+                    index = pos.file_index(rec.file)
+                elif isinstance(rec, Idle) and tx is None and not b.events and b.complete is None:
+                    here = Position(pos.before(pos.file_index(rec.file), rec.end))
+                    if here > last_yielded:
+                        yield emit(here)  # a heartbeat: nothing in flight, the position moves on
+            if b.complete is not None and tx is None and time.monotonic() - b.opened >= max_wait:
+                yield emit(b.complete)
+        self._log.info("replication_stopping", position=pos.describe(last_yielded.commit))
+
+    def _append_rows(self, b: _OpenBatch, rel: _Table, rec: Rows, tx: Transaction, seq: int, index: int) -> int:
+        normalise = rel.normalise
+        flagged: dict[tuple[int, int], set[int]] = {}
+        for n, side, col, source in rec.flags:
+            if source == EMPTY_SET:
+                flagged.setdefault((n, side), set()).add(col)
+            elif source in ZERO_DATE:
+                if self._config.zero_dates == "fail":
+                    raise DecodeError(
+                        f"{self.where}: zero date in {rel.schema.table}.{rel.schema.columns[col].name}; "
+                        "set zero_dates: null to deliver them as NULL"
+                    )
+                self.zero_dates += 1
+                self._log.warning("zero_date_as_null", table=str(rel.schema.table),
+                                  column=rel.schema.columns[col].name, count=self.zero_dates)
+
+        def norm(image: tuple[Any, ...] | None, n: int, side: int) -> RawRow | None:
+            if image is None:
+                return None
+            values = list(image)
+            for i, f in normalise:
+                if values[i] is not None:
+                    values[i] = f(values[i])
+            empty = flagged.get((n, side))
+            if empty:
+                for i in empty:
+                    values[i] = []
+            if rel.zero_dates:
+                for i in rel.zero_dates:
+                    v = values[i]
+                    if v is not None and v.__class__ is datetime and v.tzinfo is not None and v.timestamp() == 0:
+                        values[i] = None  # TIMESTAMP 0 is MySQL's zero timestamp
+            return tuple(values)
+
+        append = rel.append or b.segment(rel)
+        lsn = (index << 32) | rec.end
+        op = rec.op
+        for n, (before, after) in enumerate(rec.images):
+            seq += 1
+            append((op, tx, seq, lsn, norm(before, n, 0), norm(after, n, 1)))
+        b.events += len(rec.images)
+        b.nbytes += 64 * len(rec.images) * max(len(rel.schema.columns), 1)
+        return seq
+
+    async def _table(self, table: TableMap) -> _Table:
+        """The schema and codec of a table map's rows (cached by name and columns, never by id)."""
+        key = (table.database, table.table, tuple((c.name, c.type_code) for c in table.columns))
+        rel = self._tables.get(key)
+        if rel is not None:
+            return rel
+        assert self._ctl is not None
+        try:
+            cat = {c.name: c for c in await asyncio.to_thread(catalog.table_columns, self._ctl, table.database,
+                                                                  table.table)}
+        except pymysql.Error as err:
+            raise SourceConnectionError(f"{self.where}: cannot read the catalog: {first_line(err)}") from err
+        types = []
+        columns = []
+        for c in table.columns:
+            known = cat.get(c.name)
+            refined = sql_type(known) if known is not None else ""
+            ty = MySqlColumnType(
+                type_code=c.type_code, sql_type=refined, unsigned=c.unsigned, precision=c.precision, scale=c.scale,
+                fsp=c.fsp, bits=c.bits, binary=c.binary and not refined,
+                length=known.max_length if known is not None and known.data_type == "binary" else 0,
+                set_values=c.set_values,
+            )
+            types.append(ty)
+            columns.append(Column(c.name, ty.name, c.type_code, -1, c.primary))
+        schema = TableSchema(TableId(self.name, table.database, table.table), tuple(columns))
+        normalise = [(i, f) for i, ty in enumerate(types) if (f := ty.normalise_binlog()) is not None]
+        zero_ts = {i for i, ty in enumerate(types) if ty.type_code in (7, 17)}
+        rel = _Table(schema, MySqlRowCodec(columns, types), normalise, zero_ts)
+        self._tables[key] = rel
+        self._log.info("relation", table=str(schema.table), columns=len(columns), key=list(schema.key))
+        return rel
+
+    # -- acknowledgement --------------------------------------------------------------
+
+    async def acknowledge(self, position: Position) -> None:
+        """Nothing to tell the server: a binlog has no slot. Retention is the server's
+        (binlog_expire_logs_seconds); a purged position fails the next start clearly."""
+
+    async def close(self) -> None:
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            await asyncio.to_thread(pump.close)
+        snap, self._snapshot = self._snapshot, None
+        if snap is not None:
+            await asyncio.to_thread(snap.close)
+        ctl, self._ctl = self._ctl, None
+        if ctl is not None:
+            with contextlib.suppress(pymysql.Error):
+                ctl.close()
