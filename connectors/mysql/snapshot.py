@@ -128,7 +128,11 @@ class SnapshotReader:
     def rows(self, table: SnapshotTable, chunk_rows: int) -> Iterator[list[RawRow]]:
         """The table's rows in primary-key order, normalised, `chunk_rows` per list."""
         schema = table.schema
-        names = ", ".join(quote_identifier(n) for n in schema.names)
+        # FLOAT is printed with 6 digits by the server: read its exact value as a double.
+        names = ", ".join(
+            f"CAST({quote_identifier(c.name)} AS DOUBLE)" if c.type_oid == t.FLOAT else quote_identifier(c.name)
+            for c in schema.columns
+        )
         key = ", ".join(quote_identifier(n) for n in schema.key)
         # Every identifier is quoted by quote_identifier; no value is formatted in.
         table_name = f"{quote_identifier(schema.table.schema)}.{quote_identifier(schema.table.table)}"

@@ -47,8 +47,11 @@ def float32_shortest(value: float) -> float:
     packed = _F32.pack(value)
     for digits in range(1, 10):
         text = f"{value:.{digits}g}"
-        if _F32.pack(float(text)) == packed:
-            return float(text)
+        try:
+            if _F32.pack(float(text)) == packed:
+                return float(text)
+        except OverflowError:  # rounded past float32's range: more digits
+            continue
     return value
 
 
@@ -68,6 +71,11 @@ def time_text(v: timedelta) -> str:
     us = abs(us)
     seconds, frac = divmod(us, 1_000_000)
     return f"{sign}{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" + _iso_fraction(frac)
+
+
+def _bytes(value: bytes | str) -> bytes:
+    """A binary value; the library returns an empty one as ``''``."""
+    return value.encode() if isinstance(value, str) else value
 
 
 def _inet6_text(raw: bytes) -> str:
@@ -141,9 +149,9 @@ class MySqlColumnType:
         """How to turn the binlog adapter's value into the normalised one (None: as is)."""
         t, st = self.type_code, self.sql_type
         if st == "uuid":
-            return lambda v: str(uuid.UUID(bytes=v.ljust(16, b"\x00")))
+            return lambda v: str(uuid.UUID(bytes=_bytes(v).ljust(16, b"\x00")))
         if st == "inet6":
-            return _inet6_text
+            return lambda v: _inet6_text(_bytes(v))
         if st == "json" and t == BLOB:
             return lambda v: v.decode() if isinstance(v, bytes) else v
         if t == FLOAT:
@@ -161,7 +169,9 @@ class MySqlColumnType:
             return _mysql_json_text
         if t == STRING and self.binary and self.length:
             n = self.length
-            return lambda v: v.ljust(n, b"\x00")
+            return lambda v: _bytes(v).ljust(n, b"\x00")
+        if self.binary:
+            return _bytes
         return None
 
     def normalise_snapshot(self) -> Callable[[Any], Any] | None:
