@@ -24,9 +24,11 @@ from integration.daemon import (
     Key,
     Row,
     event_ids,
+    mysql_job_config,
     rebuild,
     sink_position,
     wait_until,
+    write_config,
 )
 
 CATCH_UP_S = 30.0
@@ -104,3 +106,71 @@ def test_kill_9_twice_mid_stream_loses_and_doubles_nothing(
     ids = assert_no_duplicate_ids(files)
     assert len(ids) >= writer.transactions * 2
     assert files.checkpoints(), "the job never saved a checkpoint"
+
+
+def test_a_killed_dump_connection_resumes_from_the_committed_position(
+    items: MariaDatabase, tmp_path: Path, daemons: Daemons
+) -> None:
+    """KILL of the daemon's binlog dump mid-stream: the job retries from its checkpoint, no loss, no repeats."""
+    db = items
+    user = f"cdc_{db.dbname[-6:]}"
+    db.server.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'; "
+                      f"GRANT REPLICATION SLAVE, BINLOG MONITOR, SELECT ON *.* TO '{user}'@'%'")
+    try:
+        files = JobFiles(tmp_path / "job")
+        write_config(files, mysql_job_config(files, host=db.host, port=db.port, user=user, password="pw",
+                                             database=db.dbname))
+        daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+        daemon.wait_for("replication_started")
+        writer = ChangeWriter(None, seed=99, mysql=db)
+        try:
+            for n in range(40):
+                writer.transaction()
+                if n in (10, 25):
+                    dumps: list[tuple[str, ...]] = []
+
+                    def dumping() -> bool:
+                        dumps[:] = [r for r in db.server.query("SHOW PROCESSLIST")
+                                    if r[1] == user and r[4] == "Binlog Dump"]
+                        return bool(dumps)
+
+                    wait_until(dumping, CATCH_UP_S, "the job's binlog dump")
+                    db.server.execute(f"KILL {max(int(r[0]) for r in dumps)}")
+        finally:
+            writer.close()
+        expected = wait_caught_up(db, files, daemon)
+        assert daemon.terminate(10.0) == 0
+    finally:
+        db.server.execute(f"DROP USER '{user}'@'%'")
+    assert_no_duplicate_ids(files)
+    assert sink_rows(files, items_table(db), durable_only=False) == expected
+    retries = [e for e in daemon.events(all_runs=True) if e.get("event") == "job_retrying"]
+    assert len(retries) >= 2 and all("binlog connection lost" in e["error"] for e in retries)
+
+
+def test_catch_up_over_a_backlog_of_100k_transactions_repeats_nothing(
+    mariadb: MariaDatabase, tmp_path: Path, daemons: Daemons
+) -> None:
+    """100k transactions written while the daemon is down arrive once each on restart (none replayed)."""
+    db = mariadb
+    mysql.execute(db, "CREATE TABLE backlog (id int PRIMARY KEY, v int)")
+    files = mysql.make_job(db, tmp_path)
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    daemon.wait_for("replication_started")
+    mysql.execute(db, "INSERT INTO backlog VALUES (0, 0)")
+    wait_until(lambda: sink_position(files.sink) is not None, CATCH_UP_S, "a durable batch")
+    assert daemon.terminate(10.0) == 0
+    mysql.execute(
+        db,
+        "CREATE PROCEDURE fill() BEGIN DECLARE i INT DEFAULT 1; "
+        "WHILE i <= 100000 DO INSERT INTO backlog VALUES (i, i); SET i = i + 1; END WHILE; END"
+    )
+    mysql.execute(db, "CALL fill()")  # autocommit: one transaction per row
+    daemon.start()
+    name = f"{db.dbname}.backlog"
+    wait_until(lambda: len(sink_rows(files, name)) == 100_001, 120, "the backlog", interval=1.0)
+    assert daemon.terminate(10.0) == 0
+    assert_clean_log(daemon)
+    ids = assert_no_duplicate_ids(files)
+    assert len(ids) == 100_001
+    assert sink_rows(files, name) == mysql.source_rows(db, "backlog")

@@ -51,7 +51,15 @@ class BinlogConnectionLost(Exception):
 
 
 class _NoSilentReconnect(pymysql.connections.Connection):
-    """A connection whose lost-connection errors the library cannot swallow."""
+    """A connection whose lost-connection errors the library cannot swallow.
+
+    It also takes the library's deprecated ``db`` keyword as ``database`` (PyMySQL warns).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if "db" in kwargs:
+            kwargs["database"] = kwargs.pop("db")
+        super().__init__(*args, **kwargs)
 
     def _read_packet(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -206,7 +214,7 @@ class BinlogReader:
         connect_timeout_s: int = 10,
     ) -> None:
         settings = {
-            "host": host, "port": port, "user": user, "passwd": password,
+            "host": host, "port": port, "user": user, "password": password,
             "connect_timeout": connect_timeout_s, "read_timeout": read_timeout_s,
             "charset": "utf8mb4",
         }
@@ -231,6 +239,12 @@ class BinlogReader:
     @property
     def file(self) -> str:
         return self._file
+
+    @property
+    def connection_id(self) -> int | None:
+        """The server's id of the dump connection (``SHOW PROCESSLIST``), once connected."""
+        conn = getattr(self._reader, "_stream_connection", None)
+        return int(conn.thread_id()) if conn is not None and conn.open else None
 
     def close(self) -> None:
         with contextlib.suppress(pymysql.Error, OSError, BinlogConnectionLost):

@@ -410,6 +410,8 @@ class MySqlSource:
                         values[i] = None  # TIMESTAMP 0 is MySQL's zero timestamp
             return tuple(values)
 
+        if not b.events:
+            b.opened = time.monotonic()  # the batch's wait starts with its first event
         append = rel.append or b.segment(rel)
         lsn = (index << 32) | rec.end
         op = rec.op
