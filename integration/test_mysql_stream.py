@@ -129,7 +129,7 @@ def test_a_killed_dump_connection_resumes_from_the_committed_position(
                 if n in (10, 25):
                     dumps: list[tuple[str, ...]] = []
 
-                    def dumping() -> bool:
+                    def dumping(dumps: list[tuple[str, ...]] = dumps) -> bool:
                         dumps[:] = [r for r in db.server.query("SHOW PROCESSLIST")
                                     if r[1] == user and r[4] == "Binlog Dump"]
                         return bool(dumps)

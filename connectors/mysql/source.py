@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import queue
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -176,6 +179,9 @@ class MySqlSource:
         self.where = f"job {name}: mysql {config.host}:{config.port}"
         databases = sorted({p.split(".", 1)[0] for p in tables.include})
         self.info = SourceInfo("mysql", name, databases[0] if len(databases) == 1 and "*" not in databases[0] else "")
+        state = state_dir if state_dir is not None else Path(tempfile.gettempdir()) / "cdc-state"
+        #: Where the job first started streaming (used until a sink holds a position).
+        self._bookmark = state / f"{name}.mysql-start.json"
         self._snapshot_mode = snapshot
         self._chunk_rows = snapshot_chunk_rows
         self._selected: set[tuple[str, str]] = set()
@@ -188,6 +194,25 @@ class MySqlSource:
         self._ctl: pymysql.connections.Connection[Any] | None = None
         self.zero_dates = 0  # zero dates delivered as NULL (a counter for metrics)
         self._log = log.bind(job=name, source="mysql")
+
+    def _read_bookmark(self) -> tuple[int, int] | None:
+        try:
+            doc = json.loads(self._bookmark.read_bytes())
+            return int(doc["index"]), int(doc["offset"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SourceSetupError(f"{self.where}: unreadable {self._bookmark} ({err}); delete it to start "
+                                   "from the current binlog position") from err
+
+    def _write_bookmark(self, start: tuple[int, int]) -> None:
+        self._bookmark.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._bookmark.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump({"index": start[0], "offset": start[1]}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._bookmark)
 
     def _connect(self) -> pymysql.connections.Connection[Any]:
         c = self._config
@@ -226,8 +251,21 @@ class MySqlSource:
                                consistent_point=f"{self._snapshot.file}:{self._snapshot.position}")
                 return
             if resume_from is None:
-                file, offset = catalog.current_position(conn)
-                self._start = (pos.file_index(file), offset)
+                # The sinks hold nothing yet: start where the first run started (the source's
+                # bookmark, as a slot would keep it), so a retry before the first durable
+                # batch loses nothing written since.
+                bookmark = self._read_bookmark()
+                if bookmark is None:
+                    file, offset = catalog.current_position(conn)
+                    bookmark = (pos.file_index(file), offset)
+                    self._write_bookmark(bookmark)
+                self._start = bookmark
+                if self._start[0] not in have:
+                    raise BinlogPurgedError(
+                        f"{self.where}: the job started at binlog {pos.file_name(self._base, self._start[0])}, "
+                        f"which the server has purged (oldest: {logs[0]}); delete {self._bookmark} to start "
+                        "from the current position (changes since the first start are lost to this job)"
+                    )
             else:
                 self._start = pos.resume_point(resume_from)
                 if self._start[0] not in have:
