@@ -190,6 +190,7 @@ class MySqlSource:
         self._start: tuple[int, int] = (0, 0)  # (file index, offset) the dump starts at
         self._snapshot: SnapshotReader | None = None
         self._snapshot_tables: list[tuple[str, str]] = []
+        self._snapshot_truncates = False
         self._pump: _Pump | None = None
         self._ctl: pymysql.connections.Connection[Any] | None = None
         self.zero_dates = 0  # zero dates delivered as NULL (a counter for metrics)
@@ -246,6 +247,9 @@ class MySqlSource:
             if snapshot_pending and self._snapshot_mode in ("initial", "initial_only"):
                 self._snapshot = SnapshotReader(self._connect(), server.mariadb)
                 self._snapshot_tables = sorted(tables)
+                # Sinks holding part of an interrupted snapshot (an earlier, older consistent point)
+                # get each table truncated first: rows deleted since that point must not survive.
+                self._snapshot_truncates = resume_from is not None
                 self._start = (pos.file_index(self._snapshot.file), self._snapshot.position)
                 self._log.info("snapshot_started", mode=self._snapshot_mode, tables=len(tables),
                                consistent_point=f"{self._snapshot.file}:{self._snapshot.position}")
@@ -306,6 +310,12 @@ class MySqlSource:
             for database, table in self._snapshot_tables:
                 st: SnapshotTable = await asyncio.to_thread(describe_table, self._ctl, self.name, database, table)
                 rel = _Table(st.schema, st.codec, [], set())
+                if self._snapshot_truncates:
+                    seq += 1
+                    # A transaction object of its own: envelopes mark the reads of `tx` as snapshot reads.
+                    truncate = Transaction(0, point, tx.commit_ts)
+                    (rel.append or b.segment(rel))(("t", truncate, seq, point, None, None))
+                    b.events += 1
                 chunks = reader.rows(st, min(self._chunk_rows, policy.max_events))
                 started = time.monotonic()
                 while True:
