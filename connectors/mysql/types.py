@@ -246,6 +246,11 @@ class MySqlRowCodec:
         self._json = [t.json() for t in self.types]
         self._key = [i for i, c in enumerate(self.columns) if c.key]
         self._schema = pa.schema([pa.field(c.name, t.arrow()) for c, t in zip(self.columns, self.types, strict=True)])
+        # Values Arrow takes in another form: a DECIMAL wider than decimal128 as its text.
+        self._arrow_form = [
+            (lambda v: format(v, "f")) if t.type_code == NEWDECIMAL and t.precision > 38 else None
+            for t in self.types
+        ]
 
     def to_python(self, row: RawRow) -> tuple[Any, ...]:
         return tuple(row)
@@ -273,5 +278,8 @@ class MySqlRowCodec:
         out = []
         for i, field in enumerate(self._schema):
             values = [None if r is None or r[i] is UNCHANGED else r[i] for r in rows]
+            form = self._arrow_form[i]
+            if form is not None:
+                values = [None if v is None else form(v) for v in values]
             out.append(pa.array(values, type=field.type))
         return out
