@@ -143,5 +143,5 @@ def test_mysql_source_config() -> None:
     source = cfg.jobs[0].source
     assert source.type == "mysql" and source.port == 3306 and source.server_id == 5401
     assert "secret" not in repr(source)
-    with pytest.raises(ConfigError, match="x.yaml:3: jobs\\[0\\].source.server_id"):
+    with pytest.raises(ConfigError, match=r"x.yaml:3: jobs\[0\].source.server_id"):
         parse_config(_MYSQL_JOB.format(server_id=0), "x.yaml", {})
