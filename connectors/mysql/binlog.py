@@ -326,3 +326,29 @@ class BinlogReader:
                     if source != NONE_SOURCE.NULL:
                         flags.append((n, 1 if op == "c" else 0, names.index(name), source))
         return Rows(op, table, images, flags, end)
+
+
+def plain_row_iteration(*, host: str, port: int, user: str, password: str, server_id: int, log_file: str,
+                        log_pos: int, end_file: str, end_pos: int) -> int:
+    """The library's own row iteration from (`log_file`, `log_pos`) to (`end_file`, `end_pos`):
+    every row of every rows event decoded, nothing else done; returns the row count.
+
+    The benchmark's floor (bench/mysql_stream.py): what python-mysql-replication costs alone.
+    """
+    reader = BinLogStreamReader(
+        connection_settings={"host": host, "port": port, "user": user, "password": password},
+        server_id=server_id, resume_stream=True, blocking=False, log_file=log_file, log_pos=log_pos,
+        only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, RotateEvent],
+        pymysql_wrapper=_NoSilentReconnect, enable_logging=False,
+    )
+    rows = 0
+    try:
+        for event in reader:
+            if isinstance(event, RotateEvent):
+                continue
+            rows += len(event.rows)
+            if reader.log_file == end_file and reader.log_pos >= end_pos:
+                break
+    finally:
+        reader.close()
+    return rows
