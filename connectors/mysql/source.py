@@ -230,7 +230,6 @@ class MySqlSource:
         self._ctl = conn
         try:
             server = catalog.check_server(conn, self.where, cfg.server_id)
-            self._mariadb = server.mariadb
             tables = catalog.select_tables(conn, self._tables_config.include, self._tables_config.exclude, self.where)
             if not tables:
                 raise MissingTableError(
