@@ -316,7 +316,7 @@ class MySqlSource:
                     (rel.append or b.segment(rel))(("t", truncate, seq, point, None, None))
                     b.events += 1
                 chunks = reader.rows(st, min(self._chunk_rows, policy.max_events))
-                started = time.monotonic()
+                started = shown = time.monotonic()
                 while True:
                     rows = await asyncio.to_thread(next, chunks, None)
                     if rows is None:
@@ -328,6 +328,10 @@ class MySqlSource:
                     b.events += len(rows)
                     b.nbytes += 64 * len(rows) * max(len(st.schema.columns), 1)
                     st.rows += len(rows)
+                    if time.monotonic() - shown >= 2:
+                        shown = time.monotonic()
+                        self._log.info("snapshot_progress", table=f"{database}.{table}", rows=st.rows,
+                                       rows_per_s=round(st.rows / (shown - started)))
                     if b.full(policy.max_events, policy.max_bytes):
                         yield b.cut(tx.position(seq))
                     if stop.is_set():
