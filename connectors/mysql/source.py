@@ -82,7 +82,6 @@ class _Table:
     schema: TableSchema
     codec: MySqlRowCodec
     normalise: list[tuple[int, Callable[[Any], Any]]]
-    zero_dates: set[int]  # columns whose library None may stand for a zero date
     append: Callable[[RowChange], None] | None = None
 
 
@@ -308,7 +307,7 @@ class MySqlSource:
         try:
             for database, table in self._snapshot_tables:
                 st: SnapshotTable = await asyncio.to_thread(describe_table, self._ctl, self.name, database, table)
-                rel = _Table(st.schema, st.codec, [], set())
+                rel = _Table(st.schema, st.codec, [])
                 if self._snapshot_truncates:
                     seq += 1
                     # A transaction object of its own: envelopes mark the reads of `tx` as snapshot reads.
@@ -443,22 +442,15 @@ class MySqlSource:
                 self._log.warning("zero_date_as_null", table=str(rel.schema.table),
                                   column=rel.schema.columns[col].name, count=self.zero_dates)
 
-        def norm(image: tuple[Any, ...] | None, n: int, side: int) -> RawRow | None:
-            if image is None:
-                return None
+        def norm(image: tuple[Any, ...], n: int, side: int) -> RawRow:
             values = list(image)
             for i, f in normalise:
-                if values[i] is not None:
-                    values[i] = f(values[i])
-            empty = flagged.get((n, side))
-            if empty:
-                for i in empty:
+                v = values[i]
+                if v is not None:
+                    values[i] = f(v)
+            if flagged:
+                for i in flagged.get((n, side), ()):
                     values[i] = []
-            if rel.zero_dates:
-                for i in rel.zero_dates:
-                    v = values[i]
-                    if v is not None and v.__class__ is datetime and v.tzinfo is not None and v.timestamp() == 0:
-                        values[i] = None  # TIMESTAMP 0 is MySQL's zero timestamp
             return tuple(values)
 
         if not b.events:
@@ -468,7 +460,8 @@ class MySqlSource:
         op = rec.op
         for n, (before, after) in enumerate(rec.images):
             seq += 1
-            append((op, tx, seq, lsn, norm(before, n, 0), norm(after, n, 1)))
+            append((op, tx, seq, lsn, None if before is None else norm(before, n, 0),
+                    None if after is None else norm(after, n, 1)))
         b.events += len(rec.images)
         b.nbytes += 64 * len(rec.images) * max(len(rel.schema.columns), 1)
         return seq
@@ -500,8 +493,7 @@ class MySqlSource:
             columns.append(Column(c.name, ty.name, c.type_code, -1, c.primary))
         schema = TableSchema(TableId(self.name, table.database, table.table), tuple(columns))
         normalise = [(i, f) for i, ty in enumerate(types) if (f := ty.normalise_binlog()) is not None]
-        zero_ts = {i for i, ty in enumerate(types) if ty.type_code in (7, 17)}
-        rel = _Table(schema, MySqlRowCodec(columns, types), normalise, zero_ts)
+        rel = _Table(schema, MySqlRowCodec(columns, types), normalise)
         self._tables[key] = rel
         self._log.info("relation", table=str(schema.table), columns=len(columns), key=list(schema.key))
         return rel

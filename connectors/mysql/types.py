@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import struct
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -71,6 +70,15 @@ def time_text(v: timedelta) -> str:
     us = abs(us)
     seconds, frac = divmod(us, 1_000_000)
     return f"{sign}{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" + _iso_fraction(frac)
+
+
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+
+
+def _uuid_text(value: bytes | str) -> str:
+    """MariaDB's UUID (16 bytes in the binlog, trailing zero bytes dropped) as its text."""
+    h = _bytes(value).ljust(16, b"\x00").hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _bytes(value: bytes | str) -> bytes:
@@ -149,7 +157,7 @@ class MySqlColumnType:
         """How to turn the binlog adapter's value into the normalised one (None: as is)."""
         t, st = self.type_code, self.sql_type
         if st == "uuid":
-            return lambda v: str(uuid.UUID(bytes=_bytes(v).ljust(16, b"\x00")))
+            return _uuid_text
         if st == "inet6":
             return lambda v: _inet6_text(_bytes(v))
         if st == "json" and t == BLOB:
@@ -157,7 +165,8 @@ class MySqlColumnType:
         if t == FLOAT:
             return float32_shortest
         if t in (TIMESTAMP, TIMESTAMP2):
-            return lambda v: v.replace(tzinfo=UTC)
+            # TIMESTAMP 0 (1970-01-01 00:00:00, below the type's range) is MySQL's zero timestamp.
+            return lambda v: None if v == _EPOCH_NAIVE else v.replace(tzinfo=UTC)
         if t == SET:
             order = {name: i for i, name in enumerate(self.set_values)}
             return lambda v: sorted(v, key=order.__getitem__)
