@@ -112,7 +112,8 @@ def test_compiled_row_decoder_matches_the_library_on_every_type(server: Disposab
     file, offset = server.query("SHOW MASTER STATUS")[0][:2]
     statements = [
         "SET NAMES utf8mb4", "SET sql_mode = ''", ZOO_DDL, *inserts(), "UPDATE zoo SET id = id + 100",
-        "DELETE FROM zoo WHERE id > 102", "INSERT INTO zoo (id, dd, dt) VALUES (9, '0000-00-00', '0000-00-00 00:00:00')",
+        "DELETE FROM zoo WHERE id > 102",
+        "INSERT INTO zoo (id, dd, dt) VALUES (9, '0000-00-00', '0000-00-00 00:00:00')",
         "UPDATE zoo SET s = '' WHERE id = 9",
     ]
     server.execute(";".join(statements), database="zoo_traps")
