@@ -65,28 +65,42 @@ def decimal_size(precision: int, scale: int) -> int:
     return (intg // 9) * 4 + _DIG2BYTES[intg % 9] + (scale // 9) * 4 + _DIG2BYTES[scale % 9]
 
 
-def decode_decimal(data: bytes, precision: int, scale: int) -> Decimal:
-    """MySQL's binary DECIMAL: groups of 9 digits in 4 bytes, big-endian, sign in the top bit."""
-    negative = not data[0] & 0x80
-    raw = bytearray(data)
-    raw[0] ^= 0x80
-    if negative:
-        raw = bytearray(b ^ 0xFF for b in raw)
+def decimal_decoder(precision: int, scale: int) -> Callable[[bytes], Decimal]:
+    """A decoder of MySQL's binary DECIMAL(precision, scale): groups of 9 digits in 4 bytes
+    (fewer for the leading and trailing digits), big-endian, the sign in the top bit and
+    negative values with every bit inverted. The groups' shifts are computed once here."""
     intg = precision - scale
-    pieces = [(_DIG2BYTES[intg % 9], intg % 9)] + [(4, 9)] * (intg // 9) + [(4, 9)] * (scale // 9)
-    if scale % 9:
-        pieces.append((_DIG2BYTES[scale % 9], scale % 9))
-    digits = []
-    off = 0
-    for size, width in pieces:
-        if size:
-            digits.append(str(int.from_bytes(raw[off:off + size], "big")).zfill(width))
-            off += size
-    text = "".join(digits)
-    int_digits = intg
-    whole = text[:int_digits].lstrip("0") or "0"
-    frac = text[int_digits:]
-    return Decimal(f"{'-' if negative else ''}{whole}{'.' + frac if scale else ''}")
+    widths = [intg % 9] + [9] * (intg // 9) + [9] * (scale // 9) + [scale % 9]
+    pieces = [(_DIG2BYTES[w], w) for w in widths if w]
+    size = sum(n for n, _ in pieces)
+    top = 1 << (8 * size - 1)
+    mask = (1 << (8 * size)) - 1
+    steps: list[tuple[int, int, int]] = []  # (shift, mask, 10**width), most significant first
+    shift = 8 * size
+    for nbytes, width in pieces:
+        shift -= 8 * nbytes
+        steps.append((shift, (1 << (8 * nbytes)) - 1, 10**width))
+
+    def decode(data: bytes) -> Decimal:
+        v = int.from_bytes(data, "big")
+        negative = not v & top
+        if negative:
+            v ^= mask
+        v ^= top
+        unscaled = 0
+        for sh, m, base in steps:
+            unscaled = unscaled * base + ((v >> sh) & m)
+        if not scale:
+            return Decimal(-unscaled if negative else unscaled)
+        text = str(unscaled).zfill(scale + 1)
+        return Decimal(f"{'-' if negative else ''}{text[:-scale]}.{text[-scale:]}")
+
+    return decode
+
+
+def decode_decimal(data: bytes, precision: int, scale: int) -> Decimal:
+    """One DECIMAL value (see `decimal_decoder`, which the compiled decoder uses)."""
+    return decimal_decoder(precision, scale)(data)
 
 
 def _fraction(data: bytes, off: int, nbytes: int) -> int:
@@ -142,7 +156,7 @@ def _int_code(c: RowColumn) -> tuple[str, int] | None:
 def compile_decoder(columns: Sequence[RowColumn]) -> RowDecoder | None:
     """A decoder for full row images of these columns, or None when a type is not supported."""
     env: dict[str, Any] = {
-        "Decimal": Decimal, "decode_decimal": decode_decimal, "decode_datetime2": decode_datetime2,
+        "decode_datetime2": decode_datetime2,
         "decode_timestamp2": decode_timestamp2, "decode_time2": decode_time2, "decode_date": decode_date,
         "from_bytes": int.from_bytes, "ZERO_DATE": ZERO_DATE, "ZERO_DATETIME2": ZERO_DATETIME2,
         "EMPTY_SET": EMPTY_SET,
@@ -211,7 +225,8 @@ def _column_code(i: int, c: RowColumn, v: str, env: dict[str, Any]) -> list[str]
         return [f"{v} = buf[off] + 1900", "off += 1"]
     if code == t.NEWDECIMAL:
         size = decimal_size(c.precision, c.scale)
-        return [f"{v} = decode_decimal(buf[off:off + {size}], {c.precision}, {c.scale})", f"off += {size}"]
+        env[f"dec{i}"] = decimal_decoder(c.precision, c.scale)
+        return [f"{v} = dec{i}(buf[off:off + {size}])", f"off += {size}"]
     if code == t.DATETIME2:
         fb = _fsp_bytes(c.fsp)
         return [f"{v} = decode_datetime2(buf, off, {fb})", f"off += {5 + fb}",
