@@ -6,7 +6,11 @@ row by row, after concurrent writers changed it during the snapshot.
 
 from __future__ import annotations
 
+import os
+import pty
 import random
+import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,14 +18,17 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from integration.conftest import PgDatabase
 from integration.daemon import (
+    ROOT,
     Daemon,
     Daemons,
     JobFiles,
+    cdc_command,
     envelopes,
     job_config,
     rebuild,
@@ -227,6 +234,41 @@ def test_initial_only_snapshots_and_exits(pg: PgDatabase, tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr[-2000:]
     assert rebuild(files.sink)["public.big"] == source_rows(pg)
     assert pg.query("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (slot,)) == [(0,)]
+
+
+def test_progress_bars_on_a_terminal(pg: PgDatabase, tmp_path: Path) -> None:
+    """On a terminal the snapshot shows a rich bar per table (rows, rows/s, ETA) instead of progress lines."""
+    big_table(pg, 300_000)
+    files, _ = snapshot_job(pg, tmp_path, ["public.big"], snapshot="initial_only", snapshot_workers=1,
+                            snapshot_chunk_rows=20_000)
+    doc = yaml.safe_load(files.config.read_text())
+    doc["log_format"] = "auto"
+    write_config(files, doc)
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
+    process = subprocess.Popen(cdc_command("run", files.config), cwd=ROOT, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=secondary, env=env)
+    os.close(secondary)
+    screen = b""
+    try:
+        while True:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not data:
+                break
+            screen += data
+    finally:
+        os.close(primary)
+        assert process.wait(60) == 0, screen.decode(errors="replace")[-3000:]
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
+    assert "snapshot public.big" in text and "rows/s" in text and "ETA" in text, text[-3000:]
+    assert "━" in text  # the bar itself
+    assert re.search(r"300,?000/300,?000 rows", text), text[-3000:]
+    assert "snapshot_progress" not in text  # the bars replace the progress log lines
+    assert "snapshot_table_done" in text  # other log lines still print (above the bars)
+    assert rebuild(files.sink)["public.big"] == source_rows(pg)
 
 
 @pytest.mark.parametrize("policy", ["fail", "recreate"])
