@@ -125,14 +125,11 @@ class DeltaSink:
             return
         last_of: dict[str, int] = {str(tc.schema.table): i for i, tc in enumerate(batch.tables)}
         for i, tc in enumerate(batch.tables):
-            if not tc.changes:
+            last = tc.last
+            if last is None:
                 continue
             name = str(tc.schema.table)
-            if last_of[name] == i:
-                reach = batch.position
-            else:
-                _, tx, seq, *_ = tc.changes[-1]
-                reach = Position(tx.commit, seq)
+            reach = batch.position if last_of[name] == i else Position(last[0].commit, last[1])
             await asyncio.to_thread(self._write_table, tc, reach)
         self._position = batch.position
         await asyncio.to_thread(self._maintain)
