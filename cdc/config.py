@@ -191,6 +191,7 @@ class _WarehouseSinkConfig(_Strict):
     target_schema: str = Field(default="{schema}", min_length=1)
     table_name: str = Field(default="{table}", min_length=1)
     soft_deletes: bool = False
+    primary_key: bool = True
 
     @field_validator("target_schema", "table_name")
     @classmethod

@@ -84,8 +84,9 @@ def _warehouse_sink(cfg: DuckDBSinkConfig | PostgresSinkConfig, name: str, *, jo
     if isinstance(cfg, DuckDBSinkConfig):
         from sinks.warehouse.duckdb import duckdb_sink
 
-        return duckdb_sink(name, cfg.path, job=job, names=names, soft_deletes=cfg.soft_deletes)
+        return duckdb_sink(name, cfg.path, job=job, names=names, soft_deletes=cfg.soft_deletes,
+                           primary_key=cfg.primary_key)
     from sinks.warehouse.postgres import postgres_sink
 
     return postgres_sink(name, cfg.dsn.get_secret_value(), job=job, names=names, soft_deletes=cfg.soft_deletes,
-                         connect_timeout_s=cfg.connect_timeout_s)
+                         primary_key=cfg.primary_key, connect_timeout_s=cfg.connect_timeout_s)

@@ -117,7 +117,9 @@ def _duckdb_infinities(rows: pa.Table) -> pa.Table:
 
 
 def duckdb_sink(
-    name: str, path: Path, *, job: str, names: TargetNames | None = None, soft_deletes: bool = False
+    name: str, path: Path, *, job: str, names: TargetNames | None = None, soft_deletes: bool = False,
+    primary_key: bool = True,
 ) -> WarehouseSink:
     """A warehouse sink writing into the DuckDB file `path` (created when missing)."""
-    return WarehouseSink(name, DuckDBEngine(path), job=job, names=names, soft_deletes=soft_deletes)
+    engine = DuckDBEngine(path)
+    return WarehouseSink(name, engine, job=job, names=names, soft_deletes=soft_deletes, primary_key=primary_key)

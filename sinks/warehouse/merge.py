@@ -110,13 +110,15 @@ class WarehouseSink:
     kind: ClassVar[str] = "warehouse"
 
     def __init__(
-        self, name: str, engine: Engine, *, job: str, names: TargetNames | None = None, soft_deletes: bool = False
+        self, name: str, engine: Engine, *, job: str, names: TargetNames | None = None, soft_deletes: bool = False,
+        primary_key: bool = True,
     ) -> None:
         self.name = name
         self.job = job
         self.engine = engine
         self.names = names or TargetNames()
         self.soft_deletes = soft_deletes
+        self.primary_key = primary_key
         self._position: Position | None = None
         self._targets: dict[tuple[str, str], _Target] = {}
         self._log = log.bind(job=job, sink=name)
@@ -292,7 +294,8 @@ class WarehouseSink:
             parts.append(sql.SQL("{} BOOLEAN NOT NULL DEFAULT false").format(sql.Identifier(DELETED)))
             parts.append(sql.SQL("{} {}").format(sql.Identifier(SYNCED_AT), sql.SQL(stamp)))
             columns[DELETED], columns[SYNCED_AT] = "BOOLEAN", stamp
-        parts.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, tc.schema.key))))
+        if self.primary_key:
+            parts.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, tc.schema.key))))
         exists = engine.query(sql.SQL(
             "SELECT count(*) FROM information_schema.schemata WHERE catalog_name = current_database() "
             "AND schema_name = {p}").format(p=engine.placeholder), (schema_name,))

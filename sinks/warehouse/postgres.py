@@ -164,8 +164,8 @@ def _oid(arrow: pa.DataType) -> int:
 
 def postgres_sink(
     name: str, dsn: str, *, job: str, names: TargetNames | None = None, soft_deletes: bool = False,
-    connect_timeout_s: int = 10,
+    primary_key: bool = True, connect_timeout_s: int = 10,
 ) -> WarehouseSink:
     """A warehouse sink writing into the PostgreSQL database `dsn` names."""
     engine = PostgresEngine(dsn, connect_timeout_s=connect_timeout_s)
-    return WarehouseSink(name, engine, job=job, names=names, soft_deletes=soft_deletes)
+    return WarehouseSink(name, engine, job=job, names=names, soft_deletes=soft_deletes, primary_key=primary_key)
