@@ -59,9 +59,21 @@ def changelog_table(tc: TableChanges) -> pa.Table:
 
     Data columns hold the after image, or the before image for a delete (key columns
     only unless the table has REPLICA IDENTITY FULL); a truncate is one row with null data.
-    Logical messages (op ``m``) are not table rows and are left out.
+    An update that changes the key is two rows at the same position: a ``d`` of the old key,
+    then the ``u``, so the history folds into the table. Logical messages (op ``m``) are not
+    table rows and are left out.
     """
-    changes = [c for c in tc.changes if c[0] != "m"]
+    key_idx = [i for i, c in enumerate(tc.schema.columns) if c.key]
+    changes: list[tuple[str, Transaction, int, int, RawRow | None, RawRow | None]] = []
+    for change in tc.changes:
+        op, tx, seq, lsn, before, after = change
+        if op == "m":
+            continue
+        if op == "u" and before is not None and after is not None and key_idx:
+            old = tuple(before[i] for i in key_idx)
+            if old != tuple(after[i] for i in key_idx) and all(v is not None for v in old):
+                changes.append(("d", tx, seq, lsn, before, None))
+        changes.append(change)
     images = [after if after is not None else before for _, _, _, _, before, after in changes]
     return _with_meta(tc, images, changes)
 

@@ -94,3 +94,12 @@ def test_mirror_refuses_a_table_without_key() -> None:
     """A keyless table cannot be mirrored: the error names it and says what to do."""
     with pytest.raises(KeylessTableError, match=r"public\.users .*mode: changelog"):
         mirror_steps(table(USERS, [("c", TX1, 1, 0, None, (b"x",))]))
+
+
+def test_changelog_splits_an_update_of_the_key() -> None:
+    """An update that moves a row to a new key is a delete of the old key, then the update."""
+    t = changelog_table(table(ORDERS, [("u", TX1, 1, 0, (b"1", None, None), (b"2", b"1", b"a"))]))
+    assert t.select(["id", "_cdc_op", "_cdc_position"]).to_pylist() == [
+        {"id": 1, "_cdc_op": "d", "_cdc_position": position_text(100, 1)},
+        {"id": 2, "_cdc_op": "u", "_cdc_position": position_text(100, 1)},
+    ]

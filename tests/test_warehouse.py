@@ -272,3 +272,22 @@ def test_config_rejects_unknown_name_placeholders() -> None:
     """A table_name placeholder other than {source}, {schema}, {table} is an error with its line."""
     with pytest.raises(ConfigError, match=r"cdc.yaml:6: jobs\[0\].sinks\[0\].table_name: .*unknown placeholder"):
         parse_config(CONFIG.replace("{schema}_{table}", "{db}"), "cdc.yaml", {})
+
+
+def test_without_primary_key_one_row_per_key_remains(tmp_path: Path) -> None:
+    """primary_key: false creates no constraint, and updates still leave one row per key."""
+    path = tmp_path / "w.duckdb"
+    write_all(
+        duckdb_sink("duckdb", path, job="j", primary_key=False),
+        ChangeBatch(Position(100), orders(("c", tx(1), 1, 0, None, (b"1", b"1", b"a")))),
+        ChangeBatch(Position(200), orders(("u", tx(2), 1, 0, None, (b"1", b"2", b"b")),
+                                          ("c", tx(2), 2, 0, None, (b"2", b"2", b"c")))),
+    )
+    assert rows(path, "SELECT * FROM public.orders ORDER BY id") == [(1, "2", "b"), (2, "2", "c")]
+    assert rows(path, "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'orders' "
+                      "AND constraint_type = 'PRIMARY KEY'") == [(0,)]
+    with_key = tmp_path / "k.duckdb"
+    write_all(duckdb_sink("duckdb", with_key, job="j"),
+              ChangeBatch(Position(100), orders(("c", tx(1), 1, 0, None, (b"1", b"1", b"a")))))
+    assert rows(with_key, "SELECT constraint_column_names FROM duckdb_constraints() WHERE table_name = 'orders' "
+                          "AND constraint_type = 'PRIMARY KEY'") == [(["id"],)]
