@@ -291,3 +291,19 @@ def test_without_primary_key_one_row_per_key_remains(tmp_path: Path) -> None:
               ChangeBatch(Position(100), orders(("c", tx(1), 1, 0, None, (b"1", b"1", b"a")))))
     assert rows(with_key, "SELECT constraint_column_names FROM duckdb_constraints() WHERE table_name = 'orders' "
                           "AND constraint_type = 'PRIMARY KEY'") == [(["id"],)]
+
+
+def test_widening_a_duckdb_key_column_stops_with_what_to_do(tmp_path: Path) -> None:
+    """DuckDB cannot retype a primary key column: int4 -> int8 of the key stops with one line, nothing moves."""
+    path = tmp_path / "w.duckdb"
+    tid = TableId("shop", "public", "k")
+    v1 = TableSchema(tid, (Column("id", "int4", pg.INT4, key=True),))
+    v2 = TableSchema(tid, (Column("id", "int8", pg.INT8, key=True),))
+    write_all(duckdb_sink("duckdb", path, job="j"),
+              ChangeBatch(Position(100), [table(v1, [("c", tx(1), 1, 0, None, (b"1",))])]))
+    with pytest.raises(SinkError, match=r"cannot widen the target column public\.k\.id from INTEGER to BIGINT .*"
+                                        r"alter it yourself or recreate the table"):
+        write_all(duckdb_sink("duckdb", path, job="j"),
+                  ChangeBatch(Position(200), [table(v2, [("c", tx(2), 1, 0, None, (b"2",))])]))
+    assert rows(path, "SELECT position FROM _cdc_checkpoints") == [('{"commit":100}',)]
+    assert rows(path, "SELECT id FROM public.k") == [(1,)]

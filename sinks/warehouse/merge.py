@@ -205,6 +205,12 @@ class WarehouseSink:
         except CdcError:
             self._abandon()
             raise
+        except (pa.ArrowException, OverflowError) as err:  # a value the target's types cannot take
+            self._abandon()
+            raise SinkError(
+                f"{self._what()}: a value of the batch ending at {batch.position} cannot be written to "
+                f"{engine.describe()}: {first_line(err)}; see the type mapping in docs/warehouse.md"
+            ) from err
         except engine.errors as err:
             self._abandon()
             raise SinkWriteError(
@@ -271,8 +277,15 @@ class WarehouseSink:
                 )
             if change is Change.WIDEN:
                 type_name = dialect.type_name(wanted)
-                engine.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
-                    target.relation, sql.Identifier(f.name), sql.SQL(type_name)))
+                try:
+                    engine.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
+                        target.relation, sql.Identifier(f.name), sql.SQL(type_name)))
+                except engine.errors as err:  # e.g. DuckDB cannot retype a key column
+                    raise SinkError(
+                        f"{self._what()}: cannot widen the target column {schema_name}.{table_name}.{f.name} from "
+                        f"{current} to {type_name} ({first_line(err)}); alter it yourself or recreate the table "
+                        "(DuckDB cannot retype a primary key column), then restart the job"
+                    ) from err
                 target.columns[f.name] = type_name
                 self._log.info("warehouse_column_widened", table=f"{schema_name}.{table_name}", column=f.name,
                                old=current, type=type_name)
