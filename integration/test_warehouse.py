@@ -26,7 +26,7 @@ from cdc.sandbox import DisposablePostgres
 from connectors.postgres import types as pgt
 from integration.brokers import broker_job
 from integration.conftest import PgDatabase, database_name
-from integration.daemon import ITEMS_DDL, ChangeWriter, Daemon, Daemons, JobFiles, wait_until
+from integration.daemon import ITEMS_DDL, ChangeWriter, Daemon, Daemons, JobFiles, run_cdc, wait_until
 from sinks.warehouse.merge import WarehouseSink
 from sinks.warehouse.postgres import postgres_sink
 from sinks.warehouse.schema import POSTGRES
@@ -277,3 +277,17 @@ def test_postgres_target_keeps_unchanged_values_and_widens(target: PgDatabase) -
     assert target.query("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
                         "WHERE attrelid = 'public.w'::regclass AND attname = 'n'") == [("bigint",)]
     assert target.query("SELECT position FROM _cdc_checkpoints") == [('{"commit":200}',)]
+
+
+def test_unreachable_target_stops_the_job_with_one_line(pg: PgDatabase, tmp_path: Path) -> None:
+    """A PostgreSQL target that does not exist: `cdc run` exits 2 with one line naming the sink, no checkpoint."""
+    pg.execute(ITEMS_DDL)
+    files, _ = broker_job(pg, tmp_path / "job", [
+        {"type": "postgres", "dsn": pg.server.dsn("no_such_db_" + pg.dbname), "name": "dw"}])
+    result = run_cdc("run", files.config, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("cdc: error:")]
+    assert len(lines) == 1, result.stderr
+    assert "postgres sink dw: cannot open PostgreSQL database no_such_db_" in lines[0]
+    assert files.checkpoints() == []
