@@ -291,3 +291,19 @@ def test_unreachable_target_stops_the_job_with_one_line(pg: PgDatabase, tmp_path
     assert len(lines) == 1, result.stderr
     assert "postgres sink dw: cannot open PostgreSQL database no_such_db_" in lines[0]
     assert files.checkpoints() == []
+
+
+def test_a_refused_statement_reports_its_own_error_and_moves_nothing(target: PgDatabase) -> None:
+    """A target table the user gave a NOT NULL column: the batch fails with that error (not a follow-up one),
+    retryably, and neither rows nor position move."""
+    from cdc.errors import SinkWriteError
+
+    target.execute("CREATE TABLE public.w (id int PRIMARY KEY, n int, extra int NOT NULL)")
+    tid = TableId("shop", "public", "w")
+    schema = TableSchema(tid, (Column("id", "int4", pgt.INT4, key=True), Column("n", "int4", pgt.INT4)))
+    batch = ChangeBatch(Position(100), [table(schema, [("c", Transaction(1, 100, TS), 1, 0, None, (b"1", b"1"))])])
+    with pytest.raises(SinkWriteError, match=r"postgres sink postgres: cannot apply the batch ending at 100 to "
+                                             r"PostgreSQL database .*violates not-null constraint"):
+        run_sink(postgres_sink("postgres", target.dsn, job="j"), batch)
+    assert target.query("SELECT count(*) FROM public.w") == [(0,)]
+    assert target.query("SELECT count(*) FROM _cdc_checkpoints") == [(0,)]

@@ -78,6 +78,8 @@ class DuckDBEngine:
         if self._con is not None:
             with contextlib.suppress(duckdb.Error):  # no transaction open: nothing to undo
                 self._con.rollback()
+            with contextlib.suppress(duckdb.Error):  # registrations are not transactional
+                self._con.unregister(STAGE)
 
     def columns(self, schema: str, table: str) -> dict[str, str] | None:
         rows = self.con.execute(

@@ -340,42 +340,42 @@ class WarehouseSink:
         engine = self.engine
         names = list(schema.names)
         keeps = {i: keep_column(i) for i in range(len(names)) if keep_column(i) in changes.column_names}
+        # A failure leaves the staged rows to the rollback (unstaging in an aborted
+        # PostgreSQL transaction would fail and hide the first error).
         staged = engine.stage(changes.select([*names, OP, *keeps.values()]))
-        try:
-            on = sql.SQL(" AND ").join(
-                sql.SQL("t.{k} = s.{k}").format(k=sql.Identifier(k)) for k in schema.key)
-            data = sql.SQL(", ").join(map(sql.Identifier, names))
-            rows = staged
-            if keeps:
-                # Fill unchanged values from the target before the DELETE removes them.
-                exprs = [
-                    sql.SQL("CASE WHEN s.{keep} THEN t.{c} ELSE s.{c} END AS {c}").format(
-                        keep=sql.Identifier(keeps[i]), c=sql.Identifier(n))
-                    if i in keeps else sql.SQL("s.{c}").format(c=sql.Identifier(n))
-                    for i, n in enumerate(names)
-                ]
-                engine.execute(sql.SQL(
-                    "CREATE TEMPORARY TABLE {rows} AS SELECT s.{op}, {exprs} FROM {staged} AS s "
-                    "LEFT JOIN {t} AS t ON {on}"
-                ).format(rows=sql.Identifier(_ROWS), op=sql.Identifier(OP), exprs=sql.SQL(", ").join(exprs),
-                         staged=staged, t=target.relation, on=on))
-                rows = sql.Identifier(_ROWS)
-            fmt = {"t": target.relation, "rows": rows, "on": on, "op": sql.Identifier(OP), "data": data,
-                   "deleted": sql.Identifier(DELETED), "synced": sql.Identifier(SYNCED_AT)}
-            if self.soft_deletes:
-                engine.execute(sql.SQL(
-                    "UPDATE {t} AS t SET {deleted} = true, {synced} = current_timestamp FROM {rows} AS s "
-                    "WHERE {on} AND s.{op} = 'd'").format(**fmt))
-                engine.execute(sql.SQL(
-                    "DELETE FROM {t} AS t USING {rows} AS s WHERE {on} AND s.{op} <> 'd'").format(**fmt))
-                engine.execute(sql.SQL(
-                    "INSERT INTO {t} ({data}, {deleted}, {synced}) SELECT {data}, false, current_timestamp "
-                    "FROM {rows} AS s WHERE s.{op} <> 'd'").format(**fmt))
-            else:
-                engine.execute(sql.SQL("DELETE FROM {t} AS t USING {rows} AS s WHERE {on}").format(**fmt))
-                engine.execute(sql.SQL(
-                    "INSERT INTO {t} ({data}) SELECT {data} FROM {rows} AS s WHERE s.{op} <> 'd'").format(**fmt))
-            if keeps:
-                engine.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(_ROWS)))
-        finally:
-            engine.unstage()
+        on = sql.SQL(" AND ").join(
+            sql.SQL("t.{k} = s.{k}").format(k=sql.Identifier(k)) for k in schema.key)
+        data = sql.SQL(", ").join(map(sql.Identifier, names))
+        rows = staged
+        if keeps:
+            # Fill unchanged values from the target before the DELETE removes them.
+            exprs = [
+                sql.SQL("CASE WHEN s.{keep} THEN t.{c} ELSE s.{c} END AS {c}").format(
+                    keep=sql.Identifier(keeps[i]), c=sql.Identifier(n))
+                if i in keeps else sql.SQL("s.{c}").format(c=sql.Identifier(n))
+                for i, n in enumerate(names)
+            ]
+            engine.execute(sql.SQL(
+                "CREATE TEMPORARY TABLE {rows} AS SELECT s.{op}, {exprs} FROM {staged} AS s "
+                "LEFT JOIN {t} AS t ON {on}"
+            ).format(rows=sql.Identifier(_ROWS), op=sql.Identifier(OP), exprs=sql.SQL(", ").join(exprs),
+                     staged=staged, t=target.relation, on=on))
+            rows = sql.Identifier(_ROWS)
+        fmt = {"t": target.relation, "rows": rows, "on": on, "op": sql.Identifier(OP), "data": data,
+               "deleted": sql.Identifier(DELETED), "synced": sql.Identifier(SYNCED_AT)}
+        if self.soft_deletes:
+            engine.execute(sql.SQL(
+                "UPDATE {t} AS t SET {deleted} = true, {synced} = current_timestamp FROM {rows} AS s "
+                "WHERE {on} AND s.{op} = 'd'").format(**fmt))
+            engine.execute(sql.SQL(
+                "DELETE FROM {t} AS t USING {rows} AS s WHERE {on} AND s.{op} <> 'd'").format(**fmt))
+            engine.execute(sql.SQL(
+                "INSERT INTO {t} ({data}, {deleted}, {synced}) SELECT {data}, false, current_timestamp "
+                "FROM {rows} AS s WHERE s.{op} <> 'd'").format(**fmt))
+        else:
+            engine.execute(sql.SQL("DELETE FROM {t} AS t USING {rows} AS s WHERE {on}").format(**fmt))
+            engine.execute(sql.SQL(
+                "INSERT INTO {t} ({data}) SELECT {data} FROM {rows} AS s WHERE s.{op} <> 'd'").format(**fmt))
+        if keeps:
+            engine.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(_ROWS)))
+        engine.unstage()
