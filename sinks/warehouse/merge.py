@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 import pyarrow as pa
@@ -106,8 +106,6 @@ class _Target:
 
 class WarehouseSink:
     """A `Sink` that mirrors each source table into a table of a SQL database (see the module doc)."""
-
-    kind: ClassVar[str] = "warehouse"
 
     def __init__(
         self, name: str, engine: Engine, *, job: str, names: TargetNames | None = None, soft_deletes: bool = False,
