@@ -200,3 +200,29 @@ def test_snapshot_blocks_append_to_an_empty_mirror_and_merge_otherwise(tmp_path:
     assert [r[0] for r in rows(tmp_path)] == [1, 2, 3, 4, 5]
     history = DeltaTable(str(tmp_path / "public/orders")).history()
     assert [h["operation"] for h in reversed(history)][-3:] == ["WRITE", "WRITE", "MERGE"]
+
+
+def test_compaction_and_vacuum_keep_the_mirror_and_its_position(tmp_path: Path) -> None:
+    """With intervals set, written tables are compacted into fewer files and old files are vacuumed."""
+    s = sink(tmp_path, compact_interval_s=0.001, vacuum_interval_s=0.001, vacuum_retention_hours=0)
+    for n in range(1, 6):
+        asyncio.run(s.write(batch(ORDERS, [("c", tx(n), 1, 0, None, (str(n).encode(), b"1", b"x"))])))
+    dt = DeltaTable(str(tmp_path / "public/orders"))
+    operations = [h["operation"] for h in dt.history()]
+    assert "OPTIMIZE" in operations and "VACUUM END" in operations
+    assert len(dt.file_uris()) == 1
+    parquet = list((tmp_path / "public/orders").glob("*.parquet"))
+    assert len(parquet) == 1  # the merged-away files are gone
+    assert [r[0] for r in rows(tmp_path)] == [1, 2, 3, 4, 5]
+    assert dt.transaction_version("cdc/j/lake/public.orders#commit") == 500
+
+
+def test_changelog_partitions_by_the_configured_columns(tmp_path: Path) -> None:
+    """partition_by lays the changelog out in Hive-style partition folders."""
+    s = sink(tmp_path, mode="changelog", partition_by=["_cdc_op"])
+    asyncio.run(s.write(batch(ORDERS, [("c", tx(1), 1, 0, None, (b"1", b"1", b"a")),
+                                       ("d", tx(1), 2, 0, (b"1", None, None), None)])))
+    dt = DeltaTable(str(tmp_path / "public/orders"))
+    assert dt.metadata().partition_columns == ["_cdc_op"]
+    assert sorted(p.name for p in (tmp_path / "public/orders").iterdir() if p.is_dir() and "=" in p.name) == [
+        "_cdc_op=c", "_cdc_op=d"]
