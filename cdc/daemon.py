@@ -196,11 +196,11 @@ class Daemon:
         self._write_daemon_file()
 
     def _status(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "started_at": self._started_at, "jobs": sorted(self.jobs),
-                "reloads": self._reloads, "last_reload": self._last_reload}
+        return {"pid": os.getpid(), "started_at": self._started_at, "reloads": self._reloads,
+                "last_reload": self._last_reload}
 
     def _write_daemon_file(self) -> None:
-        doc = {**self._status(), "http": self._address,
+        doc = {**self._status(), "jobs": sorted(self.jobs), "http": self._address,
                "config": str(self.config_path.resolve()) if self.config_path is not None else None}
         try:
             self.config.state_dir.mkdir(parents=True, exist_ok=True)
