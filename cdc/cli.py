@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from cdc import __version__
+from cdc import __version__, redaction
 from cdc.checkpoints import write_atomically
 from cdc.config import Config, iter_jobs, load_config
 from cdc.errors import CdcError
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = load_config(args.config)
+        redaction.register(redaction.secrets_of(config))
         if args.command == "validate":
             print(f"{args.config}: OK ({len(config.jobs)} job{'s' if len(config.jobs) != 1 else ''})")
             return 0
@@ -68,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         code = asyncio.run(daemon.run())
         for outcome in daemon.outcomes.values():
             if outcome.error is not None:
-                print(f"cdc: error: {outcome.error}", file=sys.stderr)
+                print(f"cdc: error: {redaction.redact(str(outcome.error))}", file=sys.stderr)
         return code
     except CdcError as err:
-        print(f"cdc: error: {err}", file=sys.stderr)
+        print(f"cdc: error: {redaction.redact(str(err))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         return 130

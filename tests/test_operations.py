@@ -419,3 +419,29 @@ def test_sigterm_gives_up_after_the_grace_period(tmp_path: Path, monkeypatch: py
     code, took = run_daemon_with(tmp_path, monkeypatch, sink, grace_s=0.5)
     assert code == 1 and 0.5 <= took < 3.0
     assert sink.closed == 1
+
+
+# ---------------------------------------------------------------- redaction
+
+
+def test_secrets_of_a_config_include_dsn_passwords(tmp_path: Path) -> None:
+    """Every SecretStr of the config is found, and the password inside a DSN on its own."""
+    from cdc import redaction
+
+    cfg = file_config(tmp_path, password="pa%40ss-word")
+    found = redaction.secrets_of(cfg)
+    assert {"pa%40ss-word", "pa@ss-word", "postgresql://u:pa%40ss-word@127.0.0.1:1/db"} <= found
+
+
+def test_log_processor_masks_registered_secrets() -> None:
+    """A secret quoted by a driver's error text is masked in the log event, nested values included."""
+    from structlog.testing import CapturingLogger
+
+    from cdc import redaction
+
+    secret = f"s-{secrets.token_hex(6)}"
+    redaction.register([secret, "ab"])
+    event = redaction.redact_processor(CapturingLogger(), "error", {
+        "event": "job_failed", "error": f'missing "=" after "password={secret}"', "nested": {"x": [secret]}})
+    assert secret not in repr(event) and event["error"] == 'missing "=" after "password=***"'
+    assert redaction.redact("ab stays: too short to register") == "ab stays: too short to register"
