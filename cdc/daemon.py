@@ -32,6 +32,7 @@ from cdc.config import Config, JobConfig, iter_jobs, load_config
 from cdc.errors import CdcError, InternalError
 from cdc.health import JobBoard, JobState, JobStatus
 from cdc.job import build_pipeline
+from cdc.logs import configure_logging
 
 log = structlog.get_logger(__name__)
 
@@ -174,6 +175,8 @@ class Daemon:
         fixed = [k for k in ("state_dir", "http", "log_format") if getattr(fresh, k) != getattr(self.config, k)]
         if fixed:
             log.warning("reload_needs_restart", keys=fixed)
+        if fresh.log_level != self.config.log_level:
+            configure_logging(fresh.log_level, self.config.log_format)
         self.config = fresh.model_copy(update={k: getattr(self.config, k) for k in fixed})
         removed = [n for n in self.jobs if n not in jobs]
         added = [n for n in jobs if n not in self.jobs]
