@@ -102,14 +102,15 @@ class Daemon:
                 self._start(job)
             sampler = asyncio.create_task(self._sample(), name="cdc-status-sampler")
             while not self.stop.is_set() and any(not t.done() for t in self._tasks.values()):
-                self._wake.clear()
                 waiting = [asyncio.create_task(self.stop.wait()), asyncio.create_task(self._wake.wait())]
                 await asyncio.wait([*waiting, *self._tasks.values()], return_when=asyncio.FIRST_COMPLETED)
                 for w in waiting:
                     w.cancel()
-                if self._reload_requested and not self.stop.is_set():
-                    self._reload_requested = False
-                    await self._reload()
+                if self._wake.is_set():
+                    self._wake.clear()  # a SIGHUP during the reload below sets it again
+                    if self._reload_requested and not self.stop.is_set():
+                        self._reload_requested = False
+                        await self._reload()
             self.board.stopping = True
             late = await self._stop_jobs(list(self._tasks))
             if late:
@@ -188,6 +189,7 @@ class Daemon:
             self.board.jobs.pop(name, None)
             self.outcomes.pop(name, None)
             metrics.LAG.forget(name)
+            metrics.job_up(name).set(0)
         self.jobs = jobs
         for name in [*changed, *added]:
             self.outcomes[name] = JobOutcome(name)
