@@ -233,8 +233,41 @@ class RedisSinkConfig(_BrokerSinkConfig):
         return _check_template(value, frozenset({"prefix", "source", "sink"}), "position_key template")
 
 
+class DeltaTableConfig(_Strict):
+    """Per-table settings of a Delta Lake sink (`tables: {"schema.table": {...}}`)."""
+
+    mode: Literal["changelog", "mirror"] | None = None
+    partition_by: list[str] | None = None
+
+
+class DeltaSinkConfig(_Strict):
+    """A Delta Lake sink (docs/delta.md): one Delta table per source table under `path`."""
+
+    type: Literal["delta"]
+    name: str | None = None
+    path: str = Field(min_length=1)
+    mode: Literal["changelog", "mirror"] = "mirror"
+    partition_by: list[str] = Field(default_factory=list)
+    tables: dict[str, DeltaTableConfig] = Field(default_factory=dict)
+    storage_options: dict[str, SecretStr] = Field(default_factory=dict)
+    target_file_size: ByteSize | None = None
+    compact_interval_s: float | None = Field(default=None, gt=0)
+    vacuum_interval_s: float | None = Field(default=None, gt=0)
+    vacuum_retention_hours: int = Field(default=168, ge=0)
+    max_commit_retries: int = Field(default=10, ge=0)
+
+    @field_validator("tables")
+    @classmethod
+    def _qualified_names(cls, value: dict[str, DeltaTableConfig]) -> dict[str, DeltaTableConfig]:
+        for name in value:
+            if name.count(".") != 1 or name.startswith(".") or name.endswith("."):
+                raise ValueError(f"table {name!r} must be written schema.table")
+        return value
+
+
 SinkConfig = Annotated[
-    FileSinkConfig | KafkaSinkConfig | NatsSinkConfig | RedisSinkConfig, Field(discriminator="type")
+    FileSinkConfig | KafkaSinkConfig | NatsSinkConfig | RedisSinkConfig | DeltaSinkConfig,
+    Field(discriminator="type"),
 ]
 
 

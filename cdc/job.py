@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cdc.checkpoints import CheckpointStore
+from cdc.checkpoints import CheckpointStore, checkpoint_position
 from cdc.config import (
+    DeltaSinkConfig,
     FileSinkConfig,
     JobConfig,
     KafkaSinkConfig,
@@ -54,8 +55,10 @@ def build_sink(cfg: SinkConfig, name: str, info: SourceInfo, *, job: str, checkp
         from sinks.eventlog.file import FileSink
 
         return FileSink(name, cfg.path, info, max_segment_bytes=int(cfg.max_segment_bytes), fsync=cfg.fsync)
-    from sinks.eventlog.broker import checkpoint_position
+    if isinstance(cfg, DeltaSinkConfig):
+        from sinks.delta.sink import DeltaSink
 
+        return DeltaSink(name, cfg, info, job=job, stored=checkpoint_position(checkpoints, job, name))
     prefix = cfg.topic_prefix or job
     if isinstance(cfg, KafkaSinkConfig):
         from sinks.eventlog.kafka import KafkaSink
