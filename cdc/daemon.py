@@ -97,6 +97,9 @@ class Daemon:
         try:
             if self.config.http is not None:
                 self._address = await endpoint.start(self.config.http)
+            other = read_daemon_file(self.config.state_dir)
+            if other is not None and other.get("pid") != os.getpid():
+                log.warning("another_daemon_running", pid=other.get("pid"), state_dir=str(self.config.state_dir))
             self._write_daemon_file()
             for job in self.jobs.values():
                 self._start(job)
