@@ -426,5 +426,5 @@ def progress_fields(t: SnapshotTable) -> dict[str, Any]:
     done, total = len(t.done), len(t.chunks)
     left = max(t.rows_estimate - t.rows, 0)
     eta = left / rate if rate > 0 and t.rows_estimate else None
-    return {"table": t.name, "rows": t.rows, "rows_per_s": round(rate), "chunks_done": done, "chunks": total,
-            "eta_s": round(eta, 1) if eta is not None else None}
+    return {"table": t.name, "rows": t.rows, "rows_estimate": t.rows_estimate, "rows_per_s": round(rate),
+            "chunks_done": done, "chunks": total, "eta_s": round(eta, 1) if eta is not None else None}

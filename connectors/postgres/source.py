@@ -39,7 +39,7 @@ import structlog
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from cdc import metrics
+from cdc import metrics, progress
 from cdc.config import PostgresSourceConfig, TablesConfig
 from cdc.errors import (
     CdcError,
@@ -630,7 +630,10 @@ class PostgresSource:
         for t in tables:
             fields = progress_fields(t)
             self.snapshot_status[t.name] = fields
-            self._log.info("snapshot_progress", **fields)
+            if progress.enabled():
+                progress.show(fields)
+            else:
+                self._log.info("snapshot_progress", **fields)
 
     def _apply(self, b: _OpenBatch, msg: Message, tx: Transaction, seq: int, lsn: int, size: int) -> int:
         """Append the row changes of one decoded message of `tx`; return the last seq used."""
@@ -717,6 +720,7 @@ class PostgresSource:
             finished = True
             if self._progress.is_done(t.name):
                 self._log.info("snapshot_table_done", **progress_fields(t))
+                progress.show(progress_fields(t), done=True)
         if finished:
             self._progress.save()
         while self._commit_ts and self._commit_ts[0][0] <= position:
