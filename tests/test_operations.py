@@ -445,3 +445,62 @@ def test_log_processor_masks_registered_secrets() -> None:
         "event": "job_failed", "error": f'missing "=" after "password={secret}"', "nested": {"x": [secret]}})
     assert secret not in repr(event) and event["error"] == 'missing "=" after "password=***"'
     assert redaction.redact("ab stays: too short to register") == "ab stays: too short to register"
+
+
+# ---------------------------------------------------------------- reload
+
+
+def two_jobs_yaml(state: Path, *, b_wait_ms: int = 500, with_c: bool = False, broken: bool = False) -> str:
+    jobs = [("a", 500), ("b", b_wait_ms)] + ([("c", 500)] if with_c else [])
+    body = "".join(f"""
+  - name: {name}
+    source: {{type: postgres, dsn: "postgresql://u@127.0.0.1:1/db", slot: s_{name}, publication: p_{name}}}
+    sinks: [{{type: file, path: /tmp/x}}]
+    pipeline: {{max_wait_ms: {wait}}}
+""" for name, wait in jobs)
+    return f"state_dir: {state}\nshutdown_grace_s: 5\njobs:{'  - [' if broken else body}"
+
+
+def test_sighup_restarts_changed_jobs_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload starts a new job, restarts a changed one and leaves the unchanged one running; a broken
+    config changes nothing and is reported in the daemon file."""
+    path = tmp_path / "cdc.yaml"
+    path.write_text(two_jobs_yaml(tmp_path / "state"))
+    cfg = parse_config(path.read_text(), str(path), {})
+    built: list[str] = []
+
+    def build(job: JobConfig, checkpoints: Any, state_dir: Path) -> Pipeline:
+        built.append(job.name)
+        return Pipeline(job.name, _EndlessSource([]), [FakeSink("s")], BatchPolicy(), MemoryCheckpoints())
+
+    monkeypatch.setattr(daemon_module, "build_pipeline", build)
+    d = daemon_module.Daemon(cfg, list(cfg.jobs), config_path=path)
+    daemon_file = tmp_path / "state" / daemon_module.DAEMON_FILE
+
+    async def reload_with(text: str) -> dict[str, Any]:
+        path.write_text(text)
+        before = orjson.loads(daemon_file.read_bytes())["reloads"]
+        d._on_reload()
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            doc: dict[str, Any] = orjson.loads(daemon_file.read_bytes())
+            if doc["reloads"] > before:
+                return doc
+        raise AssertionError("the daemon did not reload")
+
+    async def go() -> tuple[int, dict[str, Any], dict[str, Any]]:
+        task = asyncio.create_task(d.run())
+        await asyncio.sleep(0.2)
+        changed = await reload_with(two_jobs_yaml(tmp_path / "state", b_wait_ms=100, with_c=True))
+        broken = await reload_with(two_jobs_yaml(tmp_path / "state", broken=True))
+        d._on_signal(__import__("signal").SIGTERM)
+        return await asyncio.wait_for(task, 10), changed, broken
+
+    code, changed, broken = asyncio.run(go())
+    assert code == 0
+    assert changed["last_reload"] == {"ok": True, "started": ["c"], "stopped": [], "restarted": ["b"],
+                                      "unchanged": ["a"]}
+    assert changed["jobs"] == ["a", "b", "c"]
+    assert sorted(built) == ["a", "b", "b", "c"]
+    assert broken["last_reload"]["ok"] is False and "invalid YAML" in broken["last_reload"]["error"]
+    assert broken["jobs"] == ["a", "b", "c"]
