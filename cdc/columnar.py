@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdc.errors import ConfigError
-from cdc.events import UNCHANGED, RawRow, TableChanges, Transaction
+from cdc.events import UNCHANGED, RawRow, RowBlock, TableChanges, Transaction
 
 OP: Final = "_cdc_op"
 POSITION: Final = "_cdc_position"
@@ -63,6 +63,8 @@ def changelog_table(tc: TableChanges) -> pa.Table:
     then the ``u``, so the history folds into the table. Logical messages (op ``m``) are not
     table rows and are left out.
     """
+    if tc.block is not None:
+        return _block_table(tc.block, tc.codec.arrow_schema())
     key_idx = [i for i, c in enumerate(tc.schema.columns) if c.key]
     changes: list[tuple[str, Transaction, int, int, RawRow | None, RawRow | None]] = []
     for change in tc.changes:
@@ -108,6 +110,8 @@ def mirror_steps(tc: TableChanges) -> list[MirrorStep]:
             f"table {schema.table} has no primary key (nor replica identity index): a mirror cannot tell its "
             "rows apart; add a primary key, or set mode: changelog for this table"
         )
+    if tc.block is not None:  # snapshot rows of one chunk: each key once, all upserts
+        return [MirrorStep(False, _block_table(tc.block, tc.codec.arrow_schema()))] if len(tc.block) else []
     truncate = False
     last: dict[tuple[object, ...], int] = {}
     rows: list[RawRow | None] = []
@@ -194,6 +198,23 @@ def _with_meta(
     ]
     fields = [*schema, *META_FIELDS]
     return pa.Table.from_arrays([*columns, *meta], schema=pa.schema(fields))
+
+
+def _block_table(block: RowBlock, schema: pa.Schema) -> pa.Table:
+    """A columnar block of snapshot rows with its metadata columns, without touching a row."""
+    n = len(block)
+    seqs = pa.array(range(block.first_seq, block.first_seq + n), pa.uint64())
+    position = pc.binary_join_element_wise(
+        pa.repeat(position_text(block.tx.commit, 0)[:_DIGITS], n),
+        pc.utf8_lpad(pc.cast(seqs, pa.string()), width=_DIGITS, padding="0"), ":",
+    )
+    meta = [
+        pa.repeat("r", n).cast(pa.string()),
+        position,
+        pa.repeat(pa.scalar(block.tx.commit_ts, pa.timestamp("us", tz="UTC")), n),
+        pa.repeat(pa.scalar(block.tx.xid, pa.int64()), n),
+    ]
+    return pa.Table.from_arrays([*block.to_arrow(), *meta], schema=pa.schema([*schema, *META_FIELDS]))
 
 
 def _padded(values: list[int]) -> pa.Array:

@@ -265,8 +265,37 @@ class DeltaSinkConfig(_Strict):
         return value
 
 
+class _WarehouseSinkConfig(_Strict):
+    """What the DuckDB and PostgreSQL warehouse sinks share (docs/warehouse.md)."""
+
+    name: str | None = None
+    target_schema: str = Field(default="{schema}", min_length=1)
+    table_name: str = Field(default="{table}", min_length=1)
+    soft_deletes: bool = False
+    primary_key: bool = True
+
+    @field_validator("target_schema", "table_name")
+    @classmethod
+    def _name_template(cls, value: str) -> str:
+        return _check_template(value, frozenset({"source", "schema", "table"}), "target name template")
+
+
+class DuckDBSinkConfig(_WarehouseSinkConfig):
+    type: Literal["duckdb"]
+    path: Path
+
+
+class PostgresSinkConfig(_WarehouseSinkConfig):
+    """PostgreSQL as a warehouse target (not the `PostgresSourceConfig` of the source union)."""
+
+    type: Literal["postgres"]
+    dsn: SecretStr
+    connect_timeout_s: int = Field(default=10, ge=1)
+
+
 SinkConfig = Annotated[
-    FileSinkConfig | KafkaSinkConfig | NatsSinkConfig | RedisSinkConfig | DeltaSinkConfig,
+    FileSinkConfig | KafkaSinkConfig | NatsSinkConfig | RedisSinkConfig | DeltaSinkConfig | DuckDBSinkConfig
+    | PostgresSinkConfig,
     Field(discriminator="type"),
 ]
 

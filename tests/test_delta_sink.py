@@ -18,7 +18,18 @@ from cdc.checkpoints import no_position
 from cdc.columnar import KeylessTableError
 from cdc.config import DeltaSinkConfig
 from cdc.errors import SchemaChangeError
-from cdc.events import UNCHANGED, ChangeBatch, Column, Position, RowChange, TableId, TableSchema, Transaction
+from cdc.events import (
+    UNCHANGED,
+    ChangeBatch,
+    Column,
+    Position,
+    RowBlock,
+    RowChange,
+    TableChanges,
+    TableId,
+    TableSchema,
+    Transaction,
+)
 from cdc.sink import SourceInfo
 from connectors.postgres import types as pg
 from sinks.delta.schema import delta_type, plan_evolution
@@ -165,3 +176,53 @@ def test_delta_types_and_evolution_rules() -> None:
     assert plan.widened == ("b",) and plan.target.field("a").type == pa.int64()
     with pytest.raises(SchemaChangeError):
         plan_evolution(stored, pa.schema([pa.field("a", pa.string())]), "t")
+
+
+def block_batch(snapshot: Transaction, first_seq: int, ids: list[int]) -> ChangeBatch:
+    """A batch of one columnar snapshot block of ORDERS rows with keys `ids`."""
+    codec = table(ORDERS, []).codec
+    raw = pa.table({"0": pa.array([str(i).encode() for i in ids], pa.binary()),
+                    "1": pa.array([b"1"] * len(ids), pa.binary()), "2": pa.array([b"s"] * len(ids), pa.binary())})
+    block = RowBlock(snapshot, first_seq, 0, raw, codec.columns_to_arrow)  # type: ignore[attr-defined]
+    return ChangeBatch(Position(snapshot.commit, first_seq + len(ids) - 1),
+                       [TableChanges(ORDERS, codec, block=block)])
+
+
+def test_snapshot_blocks_append_to_an_empty_mirror_and_merge_otherwise(tmp_path: Path) -> None:
+    """Blocks of one snapshot into an empty mirror are appended; into a table with rows they are merged."""
+    s = sink(tmp_path)
+    first = Transaction(0, 50, TS)
+    asyncio.run(s.write(block_batch(first, 1, [1, 2])))
+    asyncio.run(s.write(block_batch(first, 3, [3, 4])))
+    assert [r[0] for r in rows(tmp_path)] == [1, 2, 3, 4]
+    again = sink(tmp_path)  # a re-snapshot (say, after on_slot_lost: recreate) into the filled mirror
+    asyncio.run(again.write(block_batch(Transaction(0, 90, TS), 1, [2, 5])))
+    assert [r[0] for r in rows(tmp_path)] == [1, 2, 3, 4, 5]
+    history = DeltaTable(str(tmp_path / "public/orders")).history()
+    assert [h["operation"] for h in reversed(history)][-3:] == ["WRITE", "WRITE", "MERGE"]
+
+
+def test_compaction_and_vacuum_keep_the_mirror_and_its_position(tmp_path: Path) -> None:
+    """With intervals set, written tables are compacted into fewer files and old files are vacuumed."""
+    s = sink(tmp_path, compact_interval_s=0.001, vacuum_interval_s=0.001, vacuum_retention_hours=0)
+    for n in range(1, 6):
+        asyncio.run(s.write(batch(ORDERS, [("c", tx(n), 1, 0, None, (str(n).encode(), b"1", b"x"))])))
+    dt = DeltaTable(str(tmp_path / "public/orders"))
+    operations = [h["operation"] for h in dt.history()]
+    assert "OPTIMIZE" in operations and "VACUUM END" in operations
+    assert len(dt.file_uris()) == 1
+    parquet = list((tmp_path / "public/orders").glob("*.parquet"))
+    assert len(parquet) == 1  # the merged-away files are gone
+    assert [r[0] for r in rows(tmp_path)] == [1, 2, 3, 4, 5]
+    assert dt.transaction_version("cdc/j/lake/public.orders#commit") == 500
+
+
+def test_changelog_partitions_by_the_configured_columns(tmp_path: Path) -> None:
+    """partition_by lays the changelog out in Hive-style partition folders."""
+    s = sink(tmp_path, mode="changelog", partition_by=["_cdc_op"])
+    asyncio.run(s.write(batch(ORDERS, [("c", tx(1), 1, 0, None, (b"1", b"1", b"a")),
+                                       ("d", tx(1), 2, 0, (b"1", None, None), None)])))
+    dt = DeltaTable(str(tmp_path / "public/orders"))
+    assert dt.metadata().partition_columns == ["_cdc_op"]
+    assert sorted(p.name for p in (tmp_path / "public/orders").iterdir() if p.is_dir() and "=" in p.name) == [
+        "_cdc_op=c", "_cdc_op=d"]

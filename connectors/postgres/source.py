@@ -55,6 +55,7 @@ from cdc.events import (
     Column,
     Position,
     RawRow,
+    RowBlock,
     RowChange,
     TableChanges,
     TableId,
@@ -540,15 +541,25 @@ class PostgresSource:
                 rel = rels.get(t.name)
                 if rel is None:
                     rel = rels[t.name] = _Relation(t.schema, t.codec, tuple_reader(len(t.schema.columns)))
-                if item.rows:
+                count = len(item.rows)
+                if item.block is not None and item.block.num_rows:
+                    # Columnar rows: one TableChanges holding the block; streamed rows (and the
+                    # next block) open buffers after it.
+                    count = item.block.num_rows
+                    block = RowBlock(tx, seq + 1, point, item.block, t.codec.columns_to_arrow)
+                    b.tables.append(TableChanges(t.schema, t.codec, block=block))
+                    rel.append = None
+                    seq += count
+                    b.nbytes += item.block.nbytes
+                elif item.rows:
                     append = rel.append or b.segment(rel)
                     for row in item.rows:
                         seq += 1
                         append(("r", tx, seq, point, None, row))
-                b.events += len(item.rows)
-                b.nbytes += 64 * len(item.rows) * max(len(t.schema.columns), 1)
-                t.rows += len(item.rows)
-                chunk_rows[item.chunk.number, t.name] = chunk_rows.get((item.chunk.number, t.name), 0) + len(item.rows)
+                    b.nbytes += 64 * count * max(len(t.schema.columns), 1)
+                b.events += count
+                t.rows += count
+                chunk_rows[item.chunk.number, t.name] = chunk_rows.get((item.chunk.number, t.name), 0) + count
                 if item.last:
                     rows = chunk_rows.pop((item.chunk.number, t.name), 0)
                     self._chunk_marks.append((tx.position(seq), t, item.chunk.number, rows))
@@ -573,8 +584,8 @@ class PostgresSource:
 
     def _cut(self, b: _OpenBatch, position: Position) -> ChangeBatch:
         out = b.cut(position)
-        last = next((t.changes[-1] for t in reversed(out.tables) if t.changes), None)
-        self._commit_ts.append((position, last[1].commit_ts if last is not None else _NO_TS))
+        last = next((end for t in reversed(out.tables) if (end := t.last) is not None), None)
+        self._commit_ts.append((position, last[0].commit_ts if last is not None else _NO_TS))
         return out
 
     def _watermark(self, b: _OpenBatch, msg: LogicalMessage, lsn: int) -> bool:

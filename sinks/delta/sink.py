@@ -34,7 +34,8 @@ from typing import Any, Final
 
 import pyarrow as pa
 import structlog
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import Transaction as AppTransaction
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.schema import Field as DeltaField
 
@@ -42,7 +43,7 @@ from cdc.checkpoints import StoredPosition
 from cdc.columnar import COMMIT_TS, OP, POSITION, changelog_table, keep_column, mirror_steps
 from cdc.config import DeltaSinkConfig
 from cdc.errors import CdcError, SinkError, SinkWriteError, first_line
-from cdc.events import WHOLE_TRANSACTION, ChangeBatch, Position, TableChanges
+from cdc.events import WHOLE_TRANSACTION, ChangeBatch, Position, TableChanges, Transaction
 from cdc.sink import SourceInfo
 from sinks.delta.schema import conform, delta_schema, plan_evolution
 
@@ -77,12 +78,16 @@ class _Table:
     delta: DeltaTable | None = None
     held: Position | None = None
     touched: bool = False
+    #: The snapshot whose blocks may be appended rather than merged: the table was empty when
+    #: its first block came and has taken only blocks of it since (their keys are disjoint).
+    appending: Transaction | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def transactions(self, position: Position) -> list[Transaction]:
+    def transactions(self, position: Position) -> list[AppTransaction]:
         if position.commit > _MAX_VERSION:
             raise SinkError(f"position {position} does not fit a Delta transaction version")
-        return [Transaction(f"{self.app_id}#commit", position.commit), Transaction(f"{self.app_id}#seq", position.seq)]
+        return [AppTransaction(f"{self.app_id}#commit", position.commit),
+                AppTransaction(f"{self.app_id}#seq", position.seq)]
 
 
 class DeltaSink:
@@ -125,14 +130,11 @@ class DeltaSink:
             return
         last_of: dict[str, int] = {str(tc.schema.table): i for i, tc in enumerate(batch.tables)}
         for i, tc in enumerate(batch.tables):
-            if not tc.changes:
+            last = tc.last
+            if last is None:
                 continue
             name = str(tc.schema.table)
-            if last_of[name] == i:
-                reach = batch.position
-            else:
-                _, tx, seq, *_ = tc.changes[-1]
-                reach = Position(tx.commit, seq)
+            reach = batch.position if last_of[name] == i else Position(last[0].commit, last[1])
             await asyncio.to_thread(self._write_table, tc, reach)
         self._position = batch.position
         await asyncio.to_thread(self._maintain)
@@ -253,6 +255,10 @@ class DeltaSink:
         t.delta.update_incremental()
 
     def _merge(self, t: _Table, tc: TableChanges, reach: Position) -> None:
+        if tc.block is not None and self._may_append(t, tc.block.tx):
+            self._append_block(t, tc, reach)
+            return
+        t.appending = None
         key = list(tc.schema.key)
         for step in mirror_steps(tc):
             if step.truncate and t.delta is not None:
@@ -290,6 +296,32 @@ class DeltaSink:
                 .execute()
             )
             t.delta.update_incremental()
+
+    def _may_append(self, t: _Table, snapshot: Transaction) -> bool:
+        """True when a block of `snapshot` can be appended to the mirror instead of merged.
+
+        An initial snapshot reads each row once, in disjoint chunks, before any streamed
+        change: into an empty table its blocks cannot meet an existing key, and appending
+        them skips the MERGE's scan of the growing table.
+        """
+        if t.appending is snapshot:
+            return True
+        if t.delta is None or not t.delta.file_uris():
+            t.appending = snapshot
+            return True
+        return False
+
+    def _append_block(self, t: _Table, tc: TableChanges, reach: Position) -> None:
+        [step] = mirror_steps(tc)
+        assert step.changes is not None
+        columns = [*(f.name for f in tc.codec.arrow_schema()), *MIRROR_META]
+        data = step.changes.select(columns)
+        target = self._evolve(t, delta_schema(data.schema))
+        assert t.delta is not None
+        size = int(self._config.target_file_size) if self._config.target_file_size else None
+        write_deltalake(t.delta, conform(data, target), mode="append", storage_options=self._options or None,
+                        target_file_size=size, commit_properties=self._commit(t, reach))
+        t.delta.update_incremental()
 
     # -- maintenance ----------------------------------------------------------------------
 
