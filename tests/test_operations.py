@@ -77,6 +77,23 @@ def test_pipeline_counts_events_bytes_and_batches_per_sink_and_op() -> None:
     assert sample("cdc_buffer_batches", job=job) == 0
 
 
+def test_snapshot_blocks_are_counted_without_materialising_rows() -> None:
+    """A columnar snapshot block counts as op r events and gives the lag its time, rows untouched."""
+    import pyarrow as pa
+
+    from cdc.events import RowBlock
+
+    ts = datetime(2026, 1, 2, tzinfo=UTC)
+    raw = pa.table({"0": pa.array([b"1", b"2", b"3"], pa.binary())})
+    block = RowBlock(Transaction(0, 50, ts), 1, 0, raw, lambda columns: list(columns))
+    changes = TableChanges(ORDERS, PgRowCodec(ORDERS.columns), block=block)
+    b = ChangeBatch(Position(50, 3), [changes, TableChanges(ORDERS, PgRowCodec(ORDERS.columns),
+                                                            mixed_batch(60, ts).tables[0].changes)])
+    assert metrics.batch_ops(b) == {"r": 3, "c": 2, "u": 1, "d": 1}
+    assert metrics.last_commit_ts(b) == ts
+    assert changes._changes is None  # still columnar: the Delta path stays fast
+
+
 def test_lag_is_zero_once_a_heartbeat_is_durable() -> None:
     """A durable heartbeat batch means the sink holds everything: the end-to-end lag drops to 0."""
     job = job_name()
