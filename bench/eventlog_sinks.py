@@ -42,13 +42,13 @@ from typing import Any
 from confluent_kafka import Producer
 
 from cdc import __version__
+from cdc.checkpoints import no_position
 from cdc.config import KafkaSinkConfig, NatsSinkConfig, RedisSinkConfig
 from cdc.events import ChangeBatch, Column, Position, RowChange, TableChanges, TableId, TableSchema, Transaction
 from cdc.sandbox import DisposableNats, DisposableRedis
 from cdc.sink import SourceInfo
 from connectors.postgres import types as pg
 from connectors.postgres.types import PgRowCodec
-from sinks.eventlog.broker import no_position
 from sinks.eventlog.kafka import KafkaSink
 from sinks.eventlog.nats_jetstream import NatsJetStreamSink
 from sinks.eventlog.records import RecordRenderer, Records

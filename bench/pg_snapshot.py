@@ -1,11 +1,12 @@
-"""Benchmark: PostgreSQL snapshot -> file sink, as a ratio to COPY (FORMAT binary) to /dev/null.
+"""Benchmark: PostgreSQL snapshot -> file sink and Delta Lake, as a ratio to COPY (FORMAT binary).
 
 Loads N rows of the 10-column table of bench/pg_stream.py into a disposable PostgreSQL,
 measures ``COPY bench TO STDOUT (FORMAT binary)`` into /dev/null (the server's limit for
-reading the table), then ``cdc run`` with ``snapshot: initial_only`` into the file sink
-(fsync on) with 1, 2 and 4 workers, in the same run. Prints one JSON document.
+reading the table), then ``cdc run`` with ``snapshot: initial_only`` into each sink (the
+file sink with fsync, a Delta mirror, a Delta changelog) with 1, 2 and 4 workers, in the
+same run. Prints one JSON document.
 
-    .venv/bin/python bench/pg_snapshot.py [--rows 1000000] [--workers 1 2 4]
+    .venv/bin/python -m bench.pg_snapshot [--rows 1000000] [--workers 1 2 4] [--sinks file delta-mirror]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -32,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--sinks", nargs="+", default=list(SINKS), choices=list(SINKS))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cdc-bench-snap-"))
     runs = []
@@ -45,11 +48,12 @@ def main() -> None:
                 conn.execute(LOAD, (lo, min(lo + step - 1, args.rows)))
             conn.execute("VACUUM ANALYZE bench")
         limit_s = _copy_binary(pg, dsn)
-        for workers in args.workers:
-            seconds, rss, size = _cdc(work / f"w{workers}", dsn, workers)
-            runs.append({"workers": workers, "seconds": round(seconds, 3), "rows_per_s": round(args.rows / seconds),
-                         "mb_per_s": round(size / seconds / 1e6, 1), "peak_rss_mb": round(rss, 1),
-                         "ratio": round(limit_s / seconds, 3)})
+        for sink in args.sinks:
+            for workers in args.workers:
+                seconds, rss, size = _cdc(work / f"{sink}-w{workers}", dsn, workers, sink)
+                runs.append({"sink": sink, "workers": workers, "seconds": round(seconds, 3),
+                             "rows_per_s": round(args.rows / seconds), "mb_per_s": round(size / seconds / 1e6, 1),
+                             "peak_rss_mb": round(rss, 1), "ratio": round(limit_s / seconds, 3)})
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({
         "benchmark": "pg_snapshot",
@@ -57,7 +61,7 @@ def main() -> None:
         "columns": 10,
         "limit": {"tool": "COPY bench TO STDOUT (FORMAT binary) > /dev/null", "seconds": round(limit_s, 3),
                   "rows_per_s": round(args.rows / limit_s)},
-        "cdc": {"sink": "file (fsync)", "runs": runs},
+        "cdc": {"sinks": {k: SINKS[k][1] for k in args.sinks}, "runs": runs},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "cdc": __version__},
     }, indent=2))
 
@@ -70,10 +74,19 @@ def _copy_binary(pg: DisposablePostgres, dsn: str) -> float:
     return time.perf_counter() - t0
 
 
-def _cdc(work: Path, dsn: str, workers: int) -> tuple[float, float, int]:
+#: The sinks measured: name -> (sink config over the output folder, description).
+SINKS: dict[str, tuple[Any, str]] = {
+    "file": (lambda out: {"type": "file", "path": str(out)}, "JSONL files, fsync"),
+    "delta-mirror": (lambda out: {"type": "delta", "path": str(out), "mode": "mirror"}, "Delta Lake mirror (MERGE)"),
+    "delta-changelog": (lambda out: {"type": "delta", "path": str(out), "mode": "changelog"},
+                        "Delta Lake changelog (append)"),
+}
+
+
+def _cdc(work: Path, dsn: str, workers: int, sink: str) -> tuple[float, float, int]:
     work.mkdir(parents=True)
     config = work / "bench.yaml"
-    events = work / "events"
+    events = work / "out"
     config.write_text(json.dumps({
         "state_dir": str(work / "state"),
         "log_format": "json",
@@ -84,7 +97,7 @@ def _cdc(work: Path, dsn: str, workers: int) -> tuple[float, float, int]:
             "snapshot": "initial_only",
             "snapshot_workers": workers,
             "snapshot_chunk_rows": 100_000,
-            "sinks": [{"type": "file", "path": str(events)}],
+            "sinks": [SINKS[sink][0](events)],
         }],
     }))
     t0 = time.perf_counter()
@@ -94,7 +107,7 @@ def _cdc(work: Path, dsn: str, workers: int) -> tuple[float, float, int]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"cdc exited with {proc.returncode}")
-    size = sum(f.stat().st_size for f in events.rglob("*.jsonl"))
+    size = sum(f.stat().st_size for f in events.rglob("*") if f.is_file())
     return seconds, usage.ru_maxrss / 1024, size
 
 

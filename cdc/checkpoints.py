@@ -8,6 +8,7 @@ checkpoint never moves backwards: saving a lower source position is refused.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -115,3 +116,22 @@ class FileCheckpointStore:
             self._saved[job] = checkpoint.source
         except OSError as err:
             raise CheckpointError(f"{self.path(job)}: cannot write checkpoint: {err.strerror}") from err
+
+
+#: Reads the sink's durable position (called once, in `open()`).
+StoredPosition = Callable[[], "Position | None"]
+
+
+def checkpoint_position(store: CheckpointStore, job: str, sink: str) -> StoredPosition:
+    """The position the job's checkpoint store holds for `sink`, read when called."""
+
+    def load() -> Position | None:
+        checkpoint = store.load(job)
+        return checkpoint.sinks.get(sink) if checkpoint is not None else None
+
+    return load
+
+
+def no_position() -> Position | None:
+    """A sink without a stored position (tests, benchmarks): it holds nothing yet."""
+    return None

@@ -56,6 +56,8 @@ import psycopg
 from psycopg import sql
 
 from cdc.config import Config, FileSinkConfig, PostgresSourceConfig, load_config
+from cdc.demo_lake import LakeCheck, delta_paths, lake_checks
+from cdc.demo_warehouse import WarehouseCheck, duckdb_path, print_warehouse, warehouse_check
 from cdc.errors import CdcError
 from cdc.sandbox import DisposablePostgres, SandboxError
 
@@ -734,7 +736,7 @@ def run_demo(settings: DemoSettings, screen: Screen) -> int:
     rng = random.Random(settings.seed)
     demo_dir = prepare_demo_dir(settings.demo_dir)
     log_path = demo_dir / "cdc.log"
-    screen.title("cdc demo: PostgreSQL shop -> cdc -> JSONL event files")
+    screen.title("cdc demo: PostgreSQL shop -> cdc -> JSONL event files, a Delta Lake and a DuckDB file")
     started = time.monotonic()
     pg = DisposablePostgres()
     daemon: DaemonProcess | None = None
@@ -782,8 +784,14 @@ def run_demo(settings: DemoSettings, screen: Screen) -> int:
                 (job.source.slot,),
             ).fetchone()
             checks = [check_table(conn, info, reader.tally.get(name)) for name, info in tables.items()]
+            mirror, changelog = delta_paths(job)
+            lake = (lake_checks(conn, {n: (i.schema, i.key) for n, i in tables.items()}, mirror, changelog)
+                    if mirror is not None else None)
+            duck = duckdb_path(job)
+            warehouse = warehouse_check(conn, duck) if duck is not None else None
         return _summary(screen, workload, reader, checks, daemon, caught_up, code,
-                        events_dir, config.state_dir.resolve(), job.name, slot[0] if slot else None)
+                        events_dir, config.state_dir.resolve(), job.name, slot[0] if slot else None, lake=lake,
+                        warehouse=warehouse)
     finally:
         if daemon is not None:
             daemon.stop(15)
@@ -857,7 +865,8 @@ def _wait_for_sink(workload: ShopWorkload, reader: SinkReader, daemon: DaemonPro
 
 def _summary(screen: Screen, workload: ShopWorkload, reader: SinkReader,
              checks: list[TableCheck], daemon: DaemonProcess, caught_up: bool, exit_code: int,
-             events_dir: Path, state_dir: Path, job_name: str, slot_lsn: str | None) -> int:
+             events_dir: Path, state_dir: Path, job_name: str, slot_lsn: str | None,
+             *, lake: tuple[str, list[LakeCheck]] | None = None, warehouse: WarehouseCheck | None = None) -> int:
     """Print what the sink holds and whether it matches the source; return the exit code."""
     screen.title("Events in the sink, by table and operation")
     rows, totals = [], Counter[str]()
@@ -925,7 +934,9 @@ def _summary(screen: Screen, workload: ShopWorkload, reader: SinkReader,
         if path.exists():
             screen.line(f"   {_rel(path)}", (f"  {what}", "dim"))
 
-    consistent = all(c.ok for c in checks)
+    lake_ok = _lake_summary(screen, lake)
+    warehouse_ok = print_warehouse(screen, warehouse)
+    consistent = all(c.ok for c in checks) and lake_ok and warehouse_ok
     ok = consistent and caught_up and exit_code == 0 and in_order and reader.duplicates == 0 and positioned
     screen.line("")
     if ok:
@@ -938,6 +949,23 @@ def _summary(screen: Screen, workload: ShopWorkload, reader: SinkReader,
         why = [what for what, failed in failures if failed]
         screen.line(("demo result: NOT consistent", "bold red"), f" - {', '.join(why)}")
     return 0 if ok else 1
+
+
+def _lake_summary(screen: Screen, lake: tuple[str, list[LakeCheck]] | None) -> bool:
+    """The Delta Lake section: the SQL query over the mirror and its result against the source."""
+    if lake is None:
+        return True
+    query, checks = lake
+    screen.title("Delta Lake: rows per table by a SQL query over the mirror; each mirror table compared row by row")
+    for line in query.splitlines():
+        screen.line(("   " + line, "dim"))
+    screen.table(
+        ["table", "source", "mirror", "changelog", "mirror = source"],
+        [[c.table, _thousands(c.source_rows), _thousands(c.mirror_rows),
+          _thousands(c.changelog_rows) if c.changelog_rows is not None else "-", "OK" if c.ok else "MISMATCH"]
+         for c in checks],
+    )
+    return all(c.ok for c in checks)
 
 
 # -- command line -------------------------------------------------------------------------------

@@ -67,6 +67,10 @@ class SinkError(CdcError):
     """A sink refused its configuration or its stored state."""
 
 
+class SchemaChangeError(SinkError):
+    """A source table changed in a way a sink cannot follow in place (e.g. text -> int)."""
+
+
 class SinkWriteError(SinkError):
     """A sink could not make a batch durable; the batch is retried."""
 

@@ -10,7 +10,7 @@ JSON fragments (event logs), Python values (`ChangeBatch.events()`), or Arrow co
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -192,13 +192,114 @@ class Transaction:
 RowChange = tuple[str, Transaction, int, int, "RawRow | None", "RawRow | None"]
 
 
-@dataclass(slots=True)
-class TableChanges:
-    """The row changes of one table under one schema, in log order."""
+@dataclass(frozen=True, slots=True)
+class RowBlock:
+    """Snapshot rows (``op=r``) of one table kept in columnar form, as the source read them.
 
-    schema: TableSchema
-    codec: RowCodec
-    changes: list[RowChange] = field(default_factory=list)
+    `raw` holds one Arrow column per schema column with the source's raw values (PostgreSQL:
+    each value's text as binary; null for NULL), so sinks that load Arrow convert whole
+    columns (`to_arrow`) and never touch a row; sinks that render rows get them from `rows`.
+    Row ``i`` sits at ``Position(tx.commit, first_seq + i)`` with change LSN `lsn`.
+    """
+
+    tx: Transaction
+    first_seq: int
+    lsn: int
+    raw: pa.Table
+    #: The source's column converter: raw columns -> the documented Arrow mapping.
+    convert: Callable[[Sequence[pa.Array]], list[pa.Array]]
+
+    def __len__(self) -> int:
+        return int(self.raw.num_rows)
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self) - 1
+
+    def to_arrow(self) -> list[pa.Array]:
+        """One array per column in the documented Arrow mapping (as `RowCodec.to_arrow`)."""
+        return self.convert([c.combine_chunks() for c in self.raw.columns])
+
+    def rows(self) -> list[RawRow]:
+        """The rows as raw tuples (what `RowCodec` methods take)."""
+        columns = [c.to_pylist() for c in self.raw.columns]
+        return list(zip(*columns, strict=True)) if columns else [() for _ in range(len(self))]
+
+    def after(self, seq: int) -> RowBlock | None:
+        """The rows past `seq` (None when none are left)."""
+        skip = seq - self.first_seq + 1
+        if skip <= 0:
+            return self
+        if skip >= len(self):
+            return None
+        return RowBlock(self.tx, seq + 1, self.lsn, self.raw.slice(skip), self.convert)
+
+
+class TableChanges:
+    """The row changes of one table under one schema, in log order.
+
+    Either a list of `RowChange` tuples (`changes`) or, for snapshot rows read in bulk, a
+    `RowBlock` (`block`); reading `changes` of a block materialises its tuples once (the
+    slow path that row-rendering sinks take), so columnar sinks check `block` first.
+    """
+
+    __slots__ = ("_changes", "block", "codec", "schema")
+
+    def __init__(self, schema: TableSchema, codec: RowCodec, changes: list[RowChange] | None = None,
+                 block: RowBlock | None = None) -> None:
+        self.schema = schema
+        self.codec = codec
+        self.block = block
+        self._changes: list[RowChange] | None = changes if changes is not None or block is not None else []
+
+    @property
+    def changes(self) -> list[RowChange]:
+        if self._changes is None:
+            assert self.block is not None
+            b = self.block
+            self._changes = [("r", b.tx, b.first_seq + i, b.lsn, None, row) for i, row in enumerate(b.rows())]
+        return self._changes
+
+    def __len__(self) -> int:
+        if self._changes is None and self.block is not None:
+            return len(self.block)
+        return len(self.changes)
+
+    def __repr__(self) -> str:
+        return f"TableChanges({self.schema.table}, {len(self)} changes{', block' if self.block else ''})"
+
+    @property
+    def first(self) -> tuple[Transaction, int] | None:
+        """The transaction and seq of the first change, or None when empty."""
+        if self._changes is None and self.block is not None:
+            return (self.block.tx, self.block.first_seq) if len(self.block) else None
+        if not self.changes:
+            return None
+        _, tx, seq, *_ = self.changes[0]
+        return tx, seq
+
+    @property
+    def last(self) -> tuple[Transaction, int] | None:
+        """The transaction and seq of the last change, or None when empty."""
+        if self._changes is None and self.block is not None:
+            return (self.block.tx, self.block.last_seq) if len(self.block) else None
+        if not self.changes:
+            return None
+        _, tx, seq, *_ = self.changes[-1]
+        return tx, seq
+
+    def after(self, held: Position) -> TableChanges | None:
+        """These changes without those at or below `held` (None when nothing is left)."""
+        if self._changes is None and self.block is not None:
+            b = self.block
+            if (b.tx.commit, b.last_seq) <= (held.commit, held.seq):
+                return None
+            if b.tx.commit > held.commit:
+                return self
+            rest = b.after(held.seq)
+            return TableChanges(self.schema, self.codec, block=rest) if rest is not None else None
+        kept = [c for c in self.changes if (c[1].commit, c[2]) > (held.commit, held.seq)]
+        return TableChanges(self.schema, self.codec, kept) if kept else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,16 +334,16 @@ class ChangeBatch:
     nbytes: int = 0
 
     def __len__(self) -> int:
-        return sum(len(t.changes) for t in self.tables)
+        return sum(len(t) for t in self.tables)
 
     @property
     def first(self) -> Position | None:
         """Position of the first event, or None for a heartbeat."""
         first: Position | None = None
         for t in self.tables:
-            if t.changes:
-                _, tx, seq, *_ = t.changes[0]
-                p = Position(tx.commit, seq)
+            head = t.first
+            if head is not None:
+                p = Position(head[0].commit, head[1])
                 if first is None or p < first:
                     first = p
         return first
@@ -254,11 +355,7 @@ class ChangeBatch:
         first = self.first
         if first is None or first > held:
             return self
-        tables = []
-        for t in self.tables:
-            kept = [c for c in t.changes if (c[1].commit, c[2]) > (held.commit, held.seq)]
-            if kept:
-                tables.append(TableChanges(t.schema, t.codec, kept))
+        tables = [kept for t in self.tables if (kept := t.after(held)) is not None]
         return ChangeBatch(self.position, tables, self.nbytes)
 
     def events(self) -> Iterator[ChangeEvent]:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cdc.checkpoints import CheckpointStore
+from cdc.checkpoints import CheckpointStore, checkpoint_position
 from cdc.config import (
+    DeltaSinkConfig,
+    DuckDBSinkConfig,
     FileSinkConfig,
     JobConfig,
     KafkaSinkConfig,
     MySqlSourceConfig,
     NatsSinkConfig,
+    PostgresSinkConfig,
     PostgresSourceConfig,
     RedisSinkConfig,
     SinkConfig,
@@ -62,8 +65,12 @@ def build_sink(cfg: SinkConfig, name: str, info: SourceInfo, *, job: str, checkp
         from sinks.eventlog.file import FileSink
 
         return FileSink(name, cfg.path, info, max_segment_bytes=int(cfg.max_segment_bytes), fsync=cfg.fsync)
-    from sinks.eventlog.broker import checkpoint_position
+    if isinstance(cfg, DuckDBSinkConfig | PostgresSinkConfig):
+        return _warehouse_sink(cfg, name, job=job)
+    if isinstance(cfg, DeltaSinkConfig):
+        from sinks.delta.sink import DeltaSink
 
+        return DeltaSink(name, cfg, info, job=job, stored=checkpoint_position(checkpoints, job, name))
     prefix = cfg.topic_prefix or job
     if isinstance(cfg, KafkaSinkConfig):
         from sinks.eventlog.kafka import KafkaSink
@@ -78,3 +85,19 @@ def build_sink(cfg: SinkConfig, name: str, info: SourceInfo, *, job: str, checkp
 
         return RedisStreamsSink(name, cfg, info, prefix=prefix)
     raise AssertionError(f"unknown sink type {cfg!r}")
+
+
+def _warehouse_sink(cfg: DuckDBSinkConfig | PostgresSinkConfig, name: str, *, job: str) -> Sink:
+    """A DuckDB or PostgreSQL warehouse sink (docs/warehouse.md); it keeps its position in the target."""
+    from sinks.warehouse.schema import TargetNames
+
+    names = TargetNames(cfg.target_schema, cfg.table_name)
+    if isinstance(cfg, DuckDBSinkConfig):
+        from sinks.warehouse.duckdb import duckdb_sink
+
+        return duckdb_sink(name, cfg.path, job=job, names=names, soft_deletes=cfg.soft_deletes,
+                           primary_key=cfg.primary_key)
+    from sinks.warehouse.postgres import postgres_sink
+
+    return postgres_sink(name, cfg.dsn.get_secret_value(), job=job, names=names, soft_deletes=cfg.soft_deletes,
+                         primary_key=cfg.primary_key, connect_timeout_s=cfg.connect_timeout_s)

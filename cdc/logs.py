@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO, cast
 
 import orjson
 import structlog
+
+from cdc import progress
+from cdc.redaction import redact_processor
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
@@ -21,6 +24,8 @@ def _orjson_dumps(obj: Any, default: Any = None) -> str:
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Send structlog events to stderr as JSON lines (or readable lines on a terminal)."""
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    if console and sys.stderr.isatty():
+        progress.enable()  # snapshot progress as bars; log lines print above them
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=False)
         if console
@@ -32,9 +37,10 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_processor,  # secrets registered from the config never reach a line (cdc/redaction.py)
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, progress.StderrProxy())),
         cache_logger_on_first_use=False,
     )

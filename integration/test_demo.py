@@ -160,3 +160,12 @@ def test_demo_runs_consistently(tmp_path: Path) -> None:
     for table in ("customers", "orders", "order_items"):
         assert (events / f"public.{table}" / "000000000001.jsonl").stat().st_size > 0
     assert (tmp_path / ".demo" / "cdc.log").exists()
+    assert "SELECT 'public.orders' AS source_table, count(*)" in result.stdout  # the query over the mirror
+    lake = tmp_path / ".demo" / "lake"
+    for table in ("customers", "orders", "order_items"):
+        assert (lake / "mirror" / "public" / table / "_delta_log").is_dir()
+        assert (lake / "changelog" / "public" / table / "_delta_log").is_dir()
+    # The summary ends with the orders-per-customer query over the DuckDB file (equal to the source's).
+    assert "DuckDB warehouse (warehouse.duckdb): orders per customer" in result.stdout
+    assert result.stdout.index("orders per customer") > result.stdout.index("Delta Lake:")
+    assert (tmp_path / ".demo" / "warehouse.duckdb").stat().st_size > 0

@@ -6,7 +6,11 @@ row by row, after concurrent writers changed it during the snapshot.
 
 from __future__ import annotations
 
+import os
+import pty
 import random
+import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,12 +18,17 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from integration.conftest import PgDatabase
 from integration.daemon import (
+    ROOT,
     Daemon,
     Daemons,
     JobFiles,
+    cdc_command,
     envelopes,
     job_config,
     rebuild,
@@ -81,11 +90,14 @@ def big_table(pg: PgDatabase, rows: int) -> None:
 
 
 def snapshot_job(pg: PgDatabase, tmp_path: Path, include: list[str], source: dict[str, Any] | None = None,
-                 **job: Any) -> tuple[JobFiles, str]:
+                 mirror: bool = False, **job: Any) -> tuple[JobFiles, str]:
+    """A snapshot job into the file sink and, with `mirror`, a Delta mirror at `lake(files)`."""
     files = JobFiles(tmp_path / "job")
     slot = pg.name("slot")
     doc = job_config(files, dsn=pg.dsn, slot=slot, publication=pg.name("pub"), include=include)
     doc["jobs"][0].update({"snapshot": "initial", **job})
+    if mirror:
+        doc["jobs"][0]["sinks"].append({"type": "delta", "name": "mirror", "path": str(lake(files))})
     doc["jobs"][0]["source"].update(source or {})
     write_config(files, doc)
     return files, slot
@@ -93,6 +105,33 @@ def snapshot_job(pg: PgDatabase, tmp_path: Path, include: list[str], source: dic
 
 def source_rows(pg: PgDatabase, table: str = "big") -> dict[tuple[Any, ...], dict[str, Any]]:
     return {(r[0],): {"id": r[0], "name": r[1], "v": r[2]} for r in pg.query(f"SELECT id, name, v FROM {table}")}  # noqa: S608
+
+
+def lake(files: JobFiles) -> Path:
+    return files.root / "lake"
+
+
+def mirror_rows(files: JobFiles, table: str) -> dict[tuple[Any, ...], dict[str, Any]] | None:
+    """The Delta mirror of `public.<table>` as {(id,): row}, or None while it does not exist."""
+    try:
+        data = DeltaTable(str(lake(files) / "public" / table)).to_pyarrow_table(columns=["id", "name", "v"])
+    except TableNotFoundError:
+        return None
+    return {(r["id"],): r for r in data.to_pylist()}
+
+
+def wait_mirror_equal(pg: PgDatabase, files: JobFiles, daemon: Daemon, table: str = "big",
+                      timeout: float = 90) -> None:
+    """Wait until the Delta mirror equals the source table row for row."""
+    expected = source_rows(pg, table)
+    try:
+        wait_until(lambda: mirror_rows(files, table) == expected, timeout, f"the mirror to equal public.{table}",
+                   interval=0.5)
+    except AssertionError:
+        got = mirror_rows(files, table) or {}
+        differ = [k for k in expected.keys() | got.keys() if got.get(k) != expected.get(k)][:5]
+        raise AssertionError(f"mirror differs at {differ}: source {[expected.get(k) for k in differ]} "
+                             f"mirror {[got.get(k) for k in differ]}\n{daemon.tail()}") from None
 
 
 def wait_equal(pg: PgDatabase, files: JobFiles, daemon: Daemon, table: str = "big", timeout: float = 90) -> None:
@@ -121,7 +160,8 @@ def wait_equal(pg: PgDatabase, files: JobFiles, daemon: Daemon, table: str = "bi
 def test_initial_snapshot_under_concurrent_writes(pg: PgDatabase, tmp_path: Path, daemons: Daemons) -> None:
     """A 1M-row table snapshotted while writers change it ends equal to the source, row by row."""
     big_table(pg, 1_000_000)
-    files, _ = snapshot_job(pg, tmp_path, ["public.big"], snapshot_workers=2, snapshot_chunk_rows=100_000)
+    files, _ = snapshot_job(pg, tmp_path, ["public.big"], mirror=True, snapshot_workers=2,
+                            snapshot_chunk_rows=100_000)
     with Writers(pg, 1_000_000) as writers:
         daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
         daemon.wait_for("snapshot_started", timeout=30)
@@ -129,6 +169,7 @@ def test_initial_snapshot_under_concurrent_writes(pg: PgDatabase, tmp_path: Path
         time.sleep(1)
     assert writers.done > 100
     wait_equal(pg, files, daemon)
+    wait_mirror_equal(pg, files, daemon)
     assert daemon.terminate() == 0
 
 
@@ -136,7 +177,8 @@ def test_initial_snapshot_under_concurrent_writes(pg: PgDatabase, tmp_path: Path
 def test_snapshot_resumes_after_kill_9(pg: PgDatabase, tmp_path: Path, daemons: Daemons) -> None:
     """SIGKILL mid-snapshot: the restart resumes from completed chunks (incrementally) and ends equal."""
     big_table(pg, 600_000)
-    files, _ = snapshot_job(pg, tmp_path, ["public.big"], snapshot_workers=1, snapshot_chunk_rows=30_000)
+    files, _ = snapshot_job(pg, tmp_path, ["public.big"], mirror=True, snapshot_workers=1,
+                            snapshot_chunk_rows=30_000)
     progress = files.state_dir / f"{files.job}.snapshot.json"
     with Writers(pg, 600_000) as writers:
         daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
@@ -161,6 +203,7 @@ def test_snapshot_resumes_after_kill_9(pg: PgDatabase, tmp_path: Path, daemons: 
         daemon.wait_for("snapshot_table_done", timeout=120)
     assert writers.done > 50
     wait_equal(pg, files, daemon)
+    wait_mirror_equal(pg, files, daemon)
     assert daemon.terminate() == 0
 
 
@@ -191,6 +234,41 @@ def test_initial_only_snapshots_and_exits(pg: PgDatabase, tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr[-2000:]
     assert rebuild(files.sink)["public.big"] == source_rows(pg)
     assert pg.query("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (slot,)) == [(0,)]
+
+
+def test_progress_bars_on_a_terminal(pg: PgDatabase, tmp_path: Path) -> None:
+    """On a terminal the snapshot shows a rich bar per table (rows, rows/s, ETA) instead of progress lines."""
+    big_table(pg, 300_000)
+    files, _ = snapshot_job(pg, tmp_path, ["public.big"], snapshot="initial_only", snapshot_workers=1,
+                            snapshot_chunk_rows=20_000)
+    doc = yaml.safe_load(files.config.read_text())
+    doc["log_format"] = "auto"
+    write_config(files, doc)
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
+    process = subprocess.Popen(cdc_command("run", files.config), cwd=ROOT, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=secondary, env=env)
+    os.close(secondary)
+    screen = b""
+    try:
+        while True:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not data:
+                break
+            screen += data
+    finally:
+        os.close(primary)
+        assert process.wait(60) == 0, screen.decode(errors="replace")[-3000:]
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
+    assert "snapshot public.big" in text and "rows/s" in text and "ETA" in text, text[-3000:]
+    assert "━" in text  # the bar itself
+    assert re.search(r"300,?000/300,?000 rows", text), text[-3000:]
+    assert "snapshot_progress" not in text  # the bars replace the progress log lines
+    assert "snapshot_table_done" in text  # other log lines still print (above the bars)
+    assert rebuild(files.sink)["public.big"] == source_rows(pg)
 
 
 @pytest.mark.parametrize("policy", ["fail", "recreate"])

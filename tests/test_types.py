@@ -567,3 +567,17 @@ def test_to_arrow_nulls_unchanged_and_missing_rows() -> None:
     a, b = c.to_arrow([(b"1", b"{x}"), None, (None, UNCHANGED)])
     assert a.to_pylist() == [1, None, None]
     assert b.to_pylist() == [["x"], None, None]
+
+
+def test_columns_to_arrow_equals_to_arrow_for_every_type() -> None:
+    """The columnar snapshot path (texts already in Arrow columns) converts exactly like the row path."""
+    extra = [(pg.NUMERIC, b"NaN", 4 + (10 << 16 | 2)), (pg.NUMERIC, b"12.50", 4 + (10 << 16 | 2)),
+             (pg.INT4_ARRAY, b"{1,NULL,3}", -1), (pg.TEXT_ARRAY, b'{"a b",NULL}', -1)]
+    for oid, raw, modifier in [(o, r, -1) for o, r in SAMPLES] + extra:
+        columns = (Column("v", "t", oid, modifier),)
+        c = PgRowCodec(columns)
+        rows: list[tuple[object, ...] | None] = [(raw,), (None,), (raw,)]
+        expected = c.to_arrow(rows)
+        got = c.columns_to_arrow([pa.array([raw, None, raw], pa.binary())])
+        assert [a.type for a in got] == [a.type for a in expected]
+        assert [str(a) for a in got] == [str(a) for a in expected], (oid, raw)  # str: NaN equals itself

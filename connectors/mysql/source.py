@@ -193,6 +193,8 @@ class MySqlSource:
         self._pump: _Pump | None = None
         self._ctl: pymysql.connections.Connection[Any] | None = None
         self.zero_dates = 0  # zero dates delivered as NULL (a counter for metrics)
+        #: Snapshot progress per table (rows, rows/s, done), for /status.
+        self.snapshot_status: dict[str, dict[str, Any]] = {}
         self._log = log.bind(job=name, source="mysql")
 
     def _read_bookmark(self) -> tuple[int, int] | None:
@@ -329,8 +331,9 @@ class MySqlSource:
                     st.rows += len(rows)
                     if time.monotonic() - shown >= 2:
                         shown = time.monotonic()
-                        self._log.info("snapshot_progress", table=f"{database}.{table}", rows=st.rows,
-                                       rows_per_s=round(st.rows / (shown - started)))
+                        progress = {"rows": st.rows, "rows_per_s": round(st.rows / (shown - started)), "done": False}
+                        self.snapshot_status[f"{database}.{table}"] = progress
+                        self._log.info("snapshot_progress", table=f"{database}.{table}", **progress)
                     if b.full(policy.max_events, policy.max_bytes):
                         yield b.cut(tx.position(seq))
                     if stop.is_set():
@@ -338,6 +341,8 @@ class MySqlSource:
                             yield b.cut(tx.position(seq))
                         return
                 elapsed = time.monotonic() - started
+                self.snapshot_status[f"{database}.{table}"] = {
+                    "rows": st.rows, "rows_per_s": round(st.rows / elapsed) if elapsed > 0 else None, "done": True}
                 self._log.info("snapshot_table_done", table=f"{database}.{table}", rows=st.rows,
                                rows_per_s=round(st.rows / elapsed) if elapsed > 0 else None)
             yield b.cut(tx.position())

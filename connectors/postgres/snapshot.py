@@ -27,9 +27,14 @@ Which chunks are durable in every sink is recorded in ``<state_dir>/<job>.snapsh
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import io
 import math
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +42,8 @@ from typing import Any, Final
 
 import orjson
 import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import structlog
 from psycopg import sql
 
@@ -83,14 +90,15 @@ class SnapshotTable:
     def remaining(self) -> list[Chunk]:
         return [c for c in self.chunks if c.number not in self.done]
 
-    def copy_query(self, chunk: Chunk) -> sql.Composed:
+    def copy_query(self, chunk: Chunk, *, csv: bool = False) -> sql.Composed:
         t = self.schema.table
         columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in self.schema.columns)
         where = sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({chunk.first},0)"))
         if chunk.end is not None:
             where = sql.SQL("{} AND ctid < {}::tid").format(where, sql.Literal(f"({chunk.end},0)"))
-        return sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT").format(
-            columns if self.schema.columns else sql.SQL(""), sql.Identifier(t.schema, t.table), where
+        return sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT{}").format(
+            columns if self.schema.columns else sql.SQL(""), sql.Identifier(t.schema, t.table), where,
+            sql.SQL(" (FORMAT csv)") if csv else sql.SQL(""),
         )
 
 
@@ -268,13 +276,40 @@ class ChunkRows:
     chunk: Chunk
     rows: list[RawRow]
     last: bool = True  # the chunk's last piece
+    block: pa.Table | None = None  # the piece's rows in columns (the initial snapshot), instead of `rows`
+
+
+#: CSV bytes gathered from COPY before they are parsed into one Arrow block (bounds memory).
+CSV_BLOCK_BYTES: Final = 4 << 20
+
+
+def parse_csv_block(data: bytes, width: int) -> pa.Table:
+    """Rows of ``COPY ... (FORMAT csv)`` output as one Arrow binary column per column.
+
+    Values stay the exact text PostgreSQL's output functions print (what pgoutput sends):
+    an unquoted empty field is NULL, a quoted one the empty string.
+    """
+    names = [str(i) for i in range(width)]
+    return pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=pacsv.ReadOptions(column_names=names, block_size=max(len(data), 1 << 20)),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.binary() for n in names}, null_values=[""], strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
 
 
 class InitialSnapshot:
     """Parallel copy of every chunk under one exported snapshot (see the module docstring).
 
-    `run` fills `queue` with `ChunkRows` (bounded: workers wait while the source is busy)
-    and puts None when every chunk is read.
+    Each worker is a blocking connection in its own thread: it reads its chunks with
+    ``COPY ... (FORMAT csv)`` and parses every few MiB into an Arrow block (pyarrow's CSV
+    reader, no Python work per value), so a worker costs one message read per row in Python
+    and the rest runs in C++ outside the interpreter lock. `run` fills `queue` with
+    `ChunkRows` carrying blocks (bounded: workers wait while the source is busy) and puts
+    None when every chunk is read.
     """
 
     def __init__(self, conninfo: str, snapshot_name: str, tables: list[SnapshotTable], workers: int,
@@ -286,37 +321,94 @@ class InitialSnapshot:
         self._timeout = connect_timeout
         self.queue: asyncio.Queue[ChunkRows | None] = asyncio.Queue(maxsize=2)
         self.imported = asyncio.Event()
+        self._stopping = threading.Event()
 
     async def run(self) -> None:
-        todo: asyncio.Queue[tuple[SnapshotTable, Chunk]] = asyncio.Queue()
-        for t in self.tables:
-            for c in t.remaining():
-                todo.put_nowait((t, c))
-        workers = min(self._workers, max(1, todo.qsize()))
-        conns: list[psycopg.AsyncConnection[Any]] = []
+        todo: deque[tuple[SnapshotTable, Chunk]] = deque((t, c) for t in self.tables for c in t.remaining())
+        workers = min(self._workers, max(1, len(todo)))
+        loop = asyncio.get_running_loop()
+        conns: list[psycopg.Connection[Any]] = []
+        working = False
         try:
             for _ in range(workers):
-                conns.append(await connect(self._conninfo, self._timeout))
-            for conn in conns:
-                await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                await conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self._snapshot)))
+                conns.append(await asyncio.to_thread(self._connect))
             self.imported.set()
-            await asyncio.gather(*(self._work(conn, todo) for conn in conns))
+            working = True  # from here on each worker thread closes its own connection
+            await asyncio.gather(*(asyncio.to_thread(self._work, conn, todo, loop) for conn in conns))
         except psycopg.OperationalError as err:
             raise SourceConnectionError(f"snapshot: {first_line(err)}") from err
         except psycopg.Error as err:
             raise SourceSetupError(f"snapshot: {first_line(err)}") from err
         finally:
+            self._stopping.set()
             for conn in conns:
-                await conn.close()
+                if not working:
+                    conn.close()
+                elif not conn.closed:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.cancel_safe(timeout=2)  # stop a COPY still running in a worker thread
         await self.queue.put(None)
 
-    async def _work(self, conn: psycopg.AsyncConnection[Any], todo: asyncio.Queue[tuple[SnapshotTable, Chunk]]) -> None:
-        while not todo.empty():
-            t, chunk = todo.get_nowait()
-            async for piece in copy_pieces(conn, t, chunk):
-                await self.queue.put(ChunkRows(t, chunk, piece, last=False))
-            await self.queue.put(ChunkRows(t, chunk, [], last=True))
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self._conninfo, autocommit=True, options=SESSION_OPTIONS, client_encoding="UTF8",
+                               connect_timeout=self._timeout)
+        try:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self._snapshot)))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _work(self, conn: psycopg.Connection[Any], todo: deque[tuple[SnapshotTable, Chunk]],
+              loop: asyncio.AbstractEventLoop) -> None:
+        """One worker thread: copy chunks until none are left, handing blocks to the event loop."""
+        with conn:
+            self._copy_chunks(conn, todo, loop)
+
+    def _copy_chunks(self, conn: psycopg.Connection[Any], todo: deque[tuple[SnapshotTable, Chunk]],
+                     loop: asyncio.AbstractEventLoop) -> None:
+        while not self._stopping.is_set():
+            try:
+                t, chunk = todo.popleft()
+            except IndexError:
+                return
+            width = len(t.schema.columns)
+            parts: list[bytes | bytearray | memoryview] = []
+            size = 0
+            with conn.cursor() as cur, cur.copy(t.copy_query(chunk, csv=width > 0)) as copy:
+                for data in copy:
+                    parts.append(data)
+                    size += len(data)
+                    if size >= CSV_BLOCK_BYTES:
+                        self._hand_over(loop, self._piece(t, chunk, parts))
+                        parts, size = [], 0
+            if parts:
+                self._hand_over(loop, self._piece(t, chunk, parts))
+            self._hand_over(loop, ChunkRows(t, chunk, [], last=True))
+
+    @staticmethod
+    def _piece(t: SnapshotTable, chunk: Chunk, parts: list[bytes | bytearray | memoryview]) -> ChunkRows:
+        width = len(t.schema.columns)
+        if width == 0:  # a table without columns: COPY text gives one empty line per row
+            return ChunkRows(t, chunk, [() for _ in parts], last=False)
+        return ChunkRows(t, chunk, [], last=False, block=parse_csv_block(b"".join(parts), width))
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop, item: ChunkRows) -> None:
+        """Put `item` on the queue from a worker thread, waiting while it is full; give up on stop."""
+        future = asyncio.run_coroutine_threadsafe(self.queue.put(item), loop)
+        while True:
+            try:
+                future.result(timeout=0.5)
+                return
+            except concurrent.futures.TimeoutError:
+                if self._stopping.is_set() or loop.is_closed():
+                    future.cancel()
+                    raise SnapshotStopped from None
+
+
+class SnapshotStopped(Exception):
+    """A worker thread noticed the snapshot was stopped while it waited to hand over rows."""
 
 
 @dataclass(slots=True)
@@ -426,5 +518,5 @@ def progress_fields(t: SnapshotTable) -> dict[str, Any]:
     done, total = len(t.done), len(t.chunks)
     left = max(t.rows_estimate - t.rows, 0)
     eta = left / rate if rate > 0 and t.rows_estimate else None
-    return {"table": t.name, "rows": t.rows, "rows_per_s": round(rate), "chunks_done": done, "chunks": total,
-            "eta_s": round(eta, 1) if eta is not None else None}
+    return {"table": t.name, "rows": t.rows, "rows_estimate": t.rows_estimate, "rows_per_s": round(rate),
+            "chunks_done": done, "chunks": total, "eta_s": round(eta, 1) if eta is not None else None}

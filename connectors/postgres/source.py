@@ -39,6 +39,7 @@ import structlog
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from cdc import metrics, progress
 from cdc.config import PostgresSourceConfig, TablesConfig
 from cdc.errors import (
     CdcError,
@@ -54,6 +55,7 @@ from cdc.events import (
     Column,
     Position,
     RawRow,
+    RowBlock,
     RowChange,
     TableChanges,
     TableId,
@@ -184,7 +186,7 @@ class PostgresSource:
         self.name = name
         self._config = config
         self._tables = tables
-        self._conninfo = config.dsn.get_secret_value()
+        self._conninfo = config.conninfo()
         params = conninfo_to_dict(self._conninfo)
         host, port, db = params.get("host", "localhost"), params.get("port", 5432), params.get("dbname", "")
         self.where = f"job {name}: postgres {host}:{port}/{db}"
@@ -273,6 +275,7 @@ class PostgresSource:
                 planned = await describe_tables(conn, self.name, pending, self._types, self._chunk_rows)
                 for t in planned:
                     self._progress.start(t)
+                    metrics.snapshot_chunks_planned(self.name, t.name).set(len(t.chunks))
                 self._progress.save()
             else:
                 planned = []
@@ -538,15 +541,25 @@ class PostgresSource:
                 rel = rels.get(t.name)
                 if rel is None:
                     rel = rels[t.name] = _Relation(t.schema, t.codec, tuple_reader(len(t.schema.columns)))
-                if item.rows:
+                count = len(item.rows)
+                if item.block is not None and item.block.num_rows:
+                    # Columnar rows: one TableChanges holding the block; streamed rows (and the
+                    # next block) open buffers after it.
+                    count = item.block.num_rows
+                    block = RowBlock(tx, seq + 1, point, item.block, t.codec.columns_to_arrow)
+                    b.tables.append(TableChanges(t.schema, t.codec, block=block))
+                    rel.append = None
+                    seq += count
+                    b.nbytes += item.block.nbytes
+                elif item.rows:
                     append = rel.append or b.segment(rel)
                     for row in item.rows:
                         seq += 1
                         append(("r", tx, seq, point, None, row))
-                b.events += len(item.rows)
-                b.nbytes += 64 * len(item.rows) * max(len(t.schema.columns), 1)
-                t.rows += len(item.rows)
-                chunk_rows[item.chunk.number, t.name] = chunk_rows.get((item.chunk.number, t.name), 0) + len(item.rows)
+                    b.nbytes += 64 * count * max(len(t.schema.columns), 1)
+                b.events += count
+                t.rows += count
+                chunk_rows[item.chunk.number, t.name] = chunk_rows.get((item.chunk.number, t.name), 0) + count
                 if item.last:
                     rows = chunk_rows.pop((item.chunk.number, t.name), 0)
                     self._chunk_marks.append((tx.position(seq), t, item.chunk.number, rows))
@@ -571,8 +584,8 @@ class PostgresSource:
 
     def _cut(self, b: _OpenBatch, position: Position) -> ChangeBatch:
         out = b.cut(position)
-        last = next((t.changes[-1] for t in reversed(out.tables) if t.changes), None)
-        self._commit_ts.append((position, last[1].commit_ts if last is not None else _NO_TS))
+        last = next((end for t in reversed(out.tables) if (end := t.last) is not None), None)
+        self._commit_ts.append((position, last[0].commit_ts if last is not None else _NO_TS))
         return out
 
     def _watermark(self, b: _OpenBatch, msg: LogicalMessage, lsn: int) -> bool:
@@ -628,7 +641,10 @@ class PostgresSource:
         for t in tables:
             fields = progress_fields(t)
             self.snapshot_status[t.name] = fields
-            self._log.info("snapshot_progress", **fields)
+            if progress.enabled():
+                progress.show(fields)
+            else:
+                self._log.info("snapshot_progress", **fields)
 
     def _apply(self, b: _OpenBatch, msg: Message, tx: Transaction, seq: int, lsn: int, size: int) -> int:
         """Append the row changes of one decoded message of `tx`; return the last seq used."""
@@ -710,9 +726,12 @@ class PostgresSource:
             _, t, chunk, rows = self._chunk_marks.popleft()
             self._progress.chunk_done(t, chunk, rows)
             t.done.add(chunk)
+            metrics.snapshot_rows(self.name, t.name).inc(rows)
+            metrics.snapshot_chunks(self.name, t.name).inc()
             finished = True
             if self._progress.is_done(t.name):
                 self._log.info("snapshot_table_done", **progress_fields(t))
+                progress.show(progress_fields(t), done=True)
         if finished:
             self._progress.save()
         while self._commit_ts and self._commit_ts[0][0] <= position:
@@ -785,6 +804,7 @@ class PostgresSource:
         for t in planned:
             self._progress.tables.pop(t.name, None)
             self._progress.start(t)
+            metrics.snapshot_chunks_planned(self.name, t.name).set(len(t.chunks))
         self._progress.save()
         self._incremental.extend(planned)
         self._request_path.unlink(missing_ok=True)
@@ -799,6 +819,8 @@ class PostgresSource:
         row = await cur.fetchone()
         value = row[0] if row is not None else None
         self.lag_bytes = value if isinstance(value, int) else None
+        if self.lag_bytes is not None:
+            metrics.source_lag_bytes(self.name).set(self.lag_bytes)
         acked = self._acked_ts
         self.lag_seconds = 0.0 if acked is None else (datetime.now(UTC) - acked).total_seconds()
         self._log.info("source_lag", lag_bytes=self.lag_bytes, lag_s=round(self.lag_seconds, 3),

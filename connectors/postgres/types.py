@@ -486,7 +486,24 @@ class PgTypeMapping:
     inline: str | None = None
 
 
+#: Builders that also take an Arrow binary/string array of the texts (the columnar snapshot
+#: path, `PgRowCodec.columns_to_arrow`); the others take a list.
+_COLUMNAR: Final[set[Callable[..., Any]]] = set()
+
+
+def _columnar(build: Callable[[_Texts], Any]) -> Callable[[_Texts], Any]:
+    _COLUMNAR.add(build)
+    return build
+
+
+def _listed(texts: Any) -> _Texts:
+    return texts.to_pylist() if isinstance(texts, pa.Array) else texts  # type: ignore[no-any-return]
+
+
+@_columnar
 def _as_strings(texts: _Texts) -> Any:
+    if isinstance(texts, pa.Array):
+        return texts if texts.type == pa.string() else texts.cast(pa.string())
     return pa.array(texts, pa.binary()).cast(pa.string())
 
 
@@ -494,7 +511,7 @@ def _cast_to(arrow_type: Any) -> Callable[[_Texts], Any]:
     def build(texts: _Texts) -> Any:
         return _as_strings(texts).cast(arrow_type)
 
-    return build
+    return _columnar(build)
 
 
 def _per_value(arrow_type: Any, convert: Callable[[bytes], Any]) -> Callable[[_Texts], Any]:
@@ -513,11 +530,12 @@ def _cast_or_per_value(
         try:
             return _as_strings(texts).cast(arrow_type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return pa.array([None if t is None else convert(t) for t in texts], storage).cast(arrow_type)
+            return pa.array([None if t is None else convert(t) for t in _listed(texts)], storage).cast(arrow_type)
 
-    return build
+    return _columnar(build)
 
 
+@_columnar
 def _bool_array(texts: _Texts) -> Any:
     return pc.equal(_as_strings(texts), "t")
 
@@ -644,10 +662,14 @@ def _numeric_mapping(type_modifier: int) -> PgTypeMapping:
 
 def _decimal_builder(arrow_type: Any) -> Callable[[_Texts], Any]:
     def build(texts: _Texts) -> Any:
+        if isinstance(texts, pa.Array):
+            strings = _as_strings(texts)
+            finite = pc.if_else(pc.match_substring_regex(strings, "[A-Za-z]$"), None, strings)  # NaN -> null
+            return finite.cast(arrow_type)
         finite = [None if t is None or t[-1:].isalpha() else t for t in texts]  # NaN -> null
         return _as_strings(finite).cast(arrow_type)
 
-    return build
+    return _columnar(build)
 
 
 def _int_array_json(value: bytes) -> bytes:
@@ -776,6 +798,15 @@ class PgRowCodec:
                 for row in rows
             ]
             out.append(mapping.arrow(texts))  # type: ignore[arg-type]
+        return out
+
+    def columns_to_arrow(self, columns: Sequence[pa.Array]) -> list[pa.Array]:
+        """`to_arrow` for rows already in columns: one Arrow binary (or string) array of texts per
+        column (null for NULL), as the columnar snapshot reads them; vectorized where the type allows."""
+        out = []
+        for mapping, column in zip(self._mappings, columns, strict=True):
+            build = mapping.arrow
+            out.append(build(column) if build in _COLUMNAR else build(column.to_pylist()))
         return out
 
     def to_python(self, row: RawRow) -> tuple[Any, ...]:

@@ -24,31 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import structlog
 
-from cdc.checkpoints import CheckpointStore
 from cdc.errors import SinkWriteError
-from cdc.events import Position
-
-#: Reads the sink's durable position (called once, in `open()`).
-StoredPosition = Callable[[], "Position | None"]
-
-
-def checkpoint_position(store: CheckpointStore, job: str, sink: str) -> StoredPosition:
-    """The position the job's checkpoint store holds for `sink`, read when called."""
-
-    def load() -> Position | None:
-        checkpoint = store.load(job)
-        return checkpoint.sinks.get(sink) if checkpoint is not None else None
-
-    return load
-
-
-def no_position() -> Position | None:
-    """A sink without a stored position (tests, benchmarks): it holds nothing yet."""
-    return None
 
 
 def now_ms() -> int:

@@ -32,11 +32,12 @@ from typing import Any, Final
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from cdc.checkpoints import StoredPosition
 from cdc.config import KafkaSinkConfig
 from cdc.errors import SinkError, SinkWriteError
 from cdc.events import ChangeBatch, Position
 from cdc.sink import SourceInfo
-from sinks.eventlog.broker import StoredPosition, now_ms
+from sinks.eventlog.broker import now_ms
 from sinks.eventlog.records import RecordRenderer, Records
 from sinks.eventlog.routing import Routing, kafka_name
 

@@ -49,11 +49,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 
+from cdc.checkpoints import StoredPosition
 from cdc.config import NatsSinkConfig
 from cdc.errors import SinkError, SinkWriteError
 from cdc.events import ChangeBatch, Position
 from cdc.sink import SourceInfo
-from sinks.eventlog.broker import RetryClock, StoredPosition, now_ms
+from sinks.eventlog.broker import RetryClock, now_ms
 from sinks.eventlog.records import RecordRenderer, Records
 from sinks.eventlog.routing import Routing, nats_token
 

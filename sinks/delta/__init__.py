@@ -1,0 +1,1 @@
+"""Delta Lake sink: changelog and mirror tables (docs/delta.md)."""

@@ -1,0 +1,243 @@
+"""The Delta Lake sink on a local directory: modes, exactly-once replays, schema evolution.
+
+deltalake writes local tables without any server, so these run with the fast tests; the
+daemon against a real PostgreSQL and moto's S3 is in integration/test_delta_sink.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from cdc.checkpoints import no_position
+from cdc.columnar import KeylessTableError
+from cdc.config import DeltaSinkConfig
+from cdc.errors import SchemaChangeError
+from cdc.events import (
+    UNCHANGED,
+    ChangeBatch,
+    Column,
+    Position,
+    RowBlock,
+    RowChange,
+    TableChanges,
+    TableId,
+    TableSchema,
+    Transaction,
+)
+from cdc.sink import SourceInfo
+from connectors.postgres import types as pg
+from sinks.delta.schema import delta_type, plan_evolution
+from sinks.delta.sink import DeltaSink
+from tests.builders import ORDERS, TS, USERS, table
+
+INFO = SourceInfo("postgresql", "shop", "shop")
+
+
+def sink(root: Path, **options: Any) -> DeltaSink:
+    config = DeltaSinkConfig.model_validate({"type": "delta", "path": str(root), **options})
+    s = DeltaSink("lake", config, INFO, job="j", stored=no_position)
+    asyncio.run(s.open())
+    return s
+
+
+def tx(n: int) -> Transaction:
+    return Transaction(n, n * 100, TS)
+
+
+def batch(schema: TableSchema, changes: list[RowChange]) -> ChangeBatch:
+    last = max(c[1].commit for c in changes)
+    return ChangeBatch(Position(last), [table(schema, changes)])
+
+
+def rows(root: Path, name: str = "public/orders", columns: tuple[str, ...] = ("id", "total", "note")) -> list[Any]:
+    data = DeltaTable(str(root / name)).to_pyarrow_table().sort_by("id")
+    return [tuple(r[c] for c in columns) for r in data.to_pylist()]
+
+
+def test_mirror_applies_upserts_deletes_and_keeps_unchanged_values(tmp_path: Path) -> None:
+    """A mirror equals the source after inserts, updates (one with an unchanged TOAST value), deletes."""
+    s = sink(tmp_path)
+    asyncio.run(s.write(batch(ORDERS, [
+        ("c", tx(1), 1, 0, None, (b"1", b"1.50", b"long text")),
+        ("c", tx(1), 2, 0, None, (b"2", b"2", b"b")),
+        ("c", tx(1), 3, 0, None, (b"3", b"3", b"c")),
+    ])))
+    asyncio.run(s.write(batch(ORDERS, [
+        ("u", tx(2), 1, 0, None, (b"1", b"9.99", UNCHANGED)),
+        ("d", tx(2), 2, 0, (b"2", None, None), None),
+        ("u", tx(3), 1, 0, (b"3", None, None), (b"4", b"3", b"c")),
+    ])))
+    # numeric without a typmod is its exact decimal text in Arrow (docs/types.md)
+    assert rows(tmp_path) == [(1, "9.99", "long text"), (4, "3", "c")]
+    assert s.position() == Position(300)
+
+
+def test_replayed_batches_are_skipped_per_table(tmp_path: Path) -> None:
+    """A batch written again (a crash before the checkpoint) changes nothing: no doubled history."""
+    first = batch(ORDERS, [("c", tx(1), 1, 0, None, (b"1", b"1", b"a"))])
+    second = batch(ORDERS, [("u", tx(2), 1, 0, None, (b"1", b"2", b"b"))])
+    for mode in ("mirror", "changelog"):
+        root = tmp_path / mode
+        s = sink(root, mode=mode)
+        asyncio.run(s.write(first))
+        asyncio.run(s.write(second))
+        again = sink(root, mode=mode)  # a new process: no stored position, the tables know theirs
+        asyncio.run(again.write(first))
+        asyncio.run(again.write(second))
+        data = DeltaTable(str(root / "public/orders")).to_pyarrow_table()
+        assert data.num_rows == (1 if mode == "mirror" else 2)
+        assert DeltaTable(str(root / "public/orders")).transaction_version("cdc/j/lake/public.orders#commit") == 200
+
+
+def test_changelog_keeps_every_change_with_metadata(tmp_path: Path) -> None:
+    """The changelog appends each change with op, position, commit time and transaction id."""
+    s = sink(tmp_path, mode="changelog")
+    asyncio.run(s.write(batch(ORDERS, [
+        ("c", tx(1), 1, 0, None, (b"1", b"1", b"a")),
+        ("d", tx(2), 1, 0, (b"1", None, None), None),
+        ("t", tx(3), 1, 0, None, None),
+    ])))
+    data = DeltaTable(str(tmp_path / "public/orders")).to_pyarrow_table().sort_by("_cdc_position")
+    assert data.column("_cdc_op").to_pylist() == ["c", "d", "t"]
+    assert data.column("_cdc_tx_id").to_pylist() == [1, 2, 3]
+    assert data.column("id").to_pylist() == [1, 1, None]
+
+
+def test_truncate_empties_the_mirror(tmp_path: Path) -> None:
+    """A truncate empties the mirror; changes after it in the same batch are applied."""
+    s = sink(tmp_path)
+    asyncio.run(s.write(batch(ORDERS, [("c", tx(1), 1, 0, None, (b"1", b"1", b"a"))])))
+    asyncio.run(s.write(batch(ORDERS, [("t", tx(2), 1, 0, None, None), ("c", tx(2), 2, 0, None, (b"5", b"5", b"e"))])))
+    assert [r[0] for r in rows(tmp_path)] == [5]
+    asyncio.run(s.write(batch(ORDERS, [("t", tx(3), 1, 0, None, None)])))
+    assert rows(tmp_path) == []
+
+
+def test_new_and_widened_columns_evolve_the_table(tmp_path: Path) -> None:
+    """A column added at the source is added; int4 -> int8 rewrites the table with the wider type."""
+    s = sink(tmp_path)
+    v1 = TableSchema(TableId("shop", "public", "t"), (Column("id", "int4", pg.INT4, key=True),))
+    v2 = TableSchema(TableId("shop", "public", "t"), (Column("id", "int8", pg.INT8, key=True),
+                                                       Column("extra", "text", pg.TEXT)))
+    asyncio.run(s.write(batch(v1, [("c", tx(1), 1, 0, None, (b"1",))])))
+    asyncio.run(s.write(batch(v2, [("c", tx(2), 1, 0, None, (b"9000000000", b"x"))])))
+    dt = DeltaTable(str(tmp_path / "public/t"))
+    assert pa.schema(dt.schema().to_arrow()).field("id").type == pa.int64()
+    assert sorted(dt.to_pyarrow_table().select(["id", "extra"]).to_pylist(), key=lambda r: r["id"]) == [
+        {"id": 1, "extra": None}, {"id": 9000000000, "extra": "x"}]
+
+
+def test_incompatible_type_change_stops_with_what_to_do(tmp_path: Path) -> None:
+    """text -> int cannot be converted in place: the error names table and column and says what to do."""
+    s = sink(tmp_path)
+    v1 = TableSchema(TableId("shop", "public", "t"), (Column("id", "int4", pg.INT4, key=True),
+                                                       Column("v", "text", pg.TEXT)))
+    v2 = TableSchema(TableId("shop", "public", "t"), (Column("id", "int4", pg.INT4, key=True),
+                                                       Column("v", "int4", pg.INT4)))
+    asyncio.run(s.write(batch(v1, [("c", tx(1), 1, 0, None, (b"1", b"a"))])))
+    with pytest.raises(SchemaChangeError, match=r"table public.t .*column 'v' is stored as string .*cdc snapshot"):
+        asyncio.run(s.write(batch(v2, [("c", tx(2), 1, 0, None, (b"2", b"7"))])))
+
+
+def test_keyless_table_is_refused_by_a_mirror_and_kept_by_a_changelog(tmp_path: Path) -> None:
+    """A mirror needs a key; the per-table override puts a keyless table in changelog mode."""
+    with pytest.raises(KeylessTableError, match=r"public\.users"):
+        asyncio.run(sink(tmp_path / "a").write(batch(USERS, [("c", tx(1), 1, 0, None, (b"x",))])))
+    s = sink(tmp_path / "b", tables={"public.users": {"mode": "changelog"}})
+    asyncio.run(s.write(batch(USERS, [("c", tx(1), 1, 0, None, (b"x",))])))
+    assert DeltaTable(str(tmp_path / "b/public/users")).to_pyarrow_table().column("name").to_pylist() == ["x"]
+
+
+def test_hostile_names_stay_inside_the_path_and_quote_in_merge(tmp_path: Path) -> None:
+    """A table called ../x and a column called select with quotes are stored and merged safely."""
+    schema = TableSchema(TableId("shop", "public", '../we"ird'), (
+        Column("id", "int4", pg.INT4, key=True), Column('sel"ect', "text", pg.TEXT)))
+    s = sink(tmp_path / "lake")
+    asyncio.run(s.write(batch(schema, [("c", tx(1), 1, 0, None, (b"1", b"a"))])))
+    asyncio.run(s.write(batch(schema, [("u", tx(2), 1, 0, None, (b"1", b"b"))])))
+    [path] = [p for p in (tmp_path / "lake/public").iterdir()]
+    assert path.name == "~2E~2E~2Fwe~22ird"
+    assert DeltaTable(str(path)).to_pyarrow_table().column('sel"ect').to_pylist() == ["b"]
+
+
+def test_delta_types_and_evolution_rules() -> None:
+    """Unsigned, time and wide decimals map to lossless Delta types; narrowing is refused."""
+    assert delta_type(pa.uint64()) == pa.decimal128(20, 0)
+    assert delta_type(pa.time64("us")) == pa.string()
+    assert delta_type(pa.list_(pa.uint8())) == pa.list_(pa.int16())
+    stored = pa.schema([pa.field("a", pa.int64()), pa.field("b", pa.float32())])
+    plan = plan_evolution(stored, pa.schema([pa.field("a", pa.int32()), pa.field("b", pa.float64())]), "t")
+    assert plan.widened == ("b",) and plan.target.field("a").type == pa.int64()
+    with pytest.raises(SchemaChangeError):
+        plan_evolution(stored, pa.schema([pa.field("a", pa.string())]), "t")
+
+
+def block_batch(snapshot: Transaction, first_seq: int, ids: list[int]) -> ChangeBatch:
+    """A batch of one columnar snapshot block of ORDERS rows with keys `ids`."""
+    codec = table(ORDERS, []).codec
+    raw = pa.table({"0": pa.array([str(i).encode() for i in ids], pa.binary()),
+                    "1": pa.array([b"1"] * len(ids), pa.binary()), "2": pa.array([b"s"] * len(ids), pa.binary())})
+    block = RowBlock(snapshot, first_seq, 0, raw, codec.columns_to_arrow)  # type: ignore[attr-defined]
+    return ChangeBatch(Position(snapshot.commit, first_seq + len(ids) - 1),
+                       [TableChanges(ORDERS, codec, block=block)])
+
+
+def test_snapshot_blocks_append_to_an_empty_mirror_and_merge_otherwise(tmp_path: Path) -> None:
+    """Blocks of one snapshot into an empty mirror are appended; into a table with rows they are merged."""
+    s = sink(tmp_path)
+    first = Transaction(0, 50, TS)
+    asyncio.run(s.write(block_batch(first, 1, [1, 2])))
+    asyncio.run(s.write(block_batch(first, 3, [3, 4])))
+    assert [r[0] for r in rows(tmp_path)] == [1, 2, 3, 4]
+    again = sink(tmp_path)  # a re-snapshot (say, after on_slot_lost: recreate) into the filled mirror
+    asyncio.run(again.write(block_batch(Transaction(0, 90, TS), 1, [2, 5])))
+    assert [r[0] for r in rows(tmp_path)] == [1, 2, 3, 4, 5]
+    history = DeltaTable(str(tmp_path / "public/orders")).history()
+    assert [h["operation"] for h in reversed(history)][-3:] == ["WRITE", "WRITE", "MERGE"]
+
+
+def test_compaction_and_vacuum_keep_the_mirror_and_its_position(tmp_path: Path) -> None:
+    """With intervals set, written tables are compacted into fewer files and old files are vacuumed."""
+    s = sink(tmp_path, compact_interval_s=0.001, vacuum_interval_s=0.001, vacuum_retention_hours=0)
+    for n in range(1, 6):
+        asyncio.run(s.write(batch(ORDERS, [("c", tx(n), 1, 0, None, (str(n).encode(), b"1", b"x"))])))
+    dt = DeltaTable(str(tmp_path / "public/orders"))
+    operations = [h["operation"] for h in dt.history()]
+    assert "OPTIMIZE" in operations and "VACUUM END" in operations
+    assert len(dt.file_uris()) == 1
+    parquet = list((tmp_path / "public/orders").glob("*.parquet"))
+    assert len(parquet) == 1  # the merged-away files are gone
+    assert [r[0] for r in rows(tmp_path)] == [1, 2, 3, 4, 5]
+    assert dt.transaction_version("cdc/j/lake/public.orders#commit") == 500
+
+
+def test_changelog_partitions_by_the_configured_columns(tmp_path: Path) -> None:
+    """partition_by lays the changelog out in Hive-style partition folders."""
+    s = sink(tmp_path, mode="changelog", partition_by=["_cdc_op"])
+    asyncio.run(s.write(batch(ORDERS, [("c", tx(1), 1, 0, None, (b"1", b"1", b"a")),
+                                       ("d", tx(1), 2, 0, (b"1", None, None), None)])))
+    dt = DeltaTable(str(tmp_path / "public/orders"))
+    assert dt.metadata().partition_columns == ["_cdc_op"]
+    assert sorted(p.name for p in (tmp_path / "public/orders").iterdir() if p.is_dir() and "=" in p.name) == [
+        "_cdc_op=c", "_cdc_op=d"]
+
+
+def test_a_commit_lost_to_another_writer_of_the_same_position_is_not_applied_twice(tmp_path: Path) -> None:
+    """Two writers of one job race on a table: the loser reloads, sees its position recorded, and skips."""
+    first = batch(ORDERS, [("c", tx(1), 1, 0, None, (b"1", b"1", b"a"))])
+    second = batch(ORDERS, [("u", tx(2), 1, 0, None, (b"1", b"2", b"b")), ("c", tx(2), 2, 0, None, (b"2", b"2", b"c"))])
+    for mode in ("mirror", "changelog"):
+        root = tmp_path / mode
+        a, b = sink(root, mode=mode), sink(root, mode=mode)
+        asyncio.run(a.write(first))
+        asyncio.run(b.write(first))  # b loads the table now: it holds `first`
+        asyncio.run(a.write(second))  # a commits `second` behind b's back
+        asyncio.run(b.write(second))  # b's view is stale: it must not apply `second` again
+        data = DeltaTable(str(root / "public/orders")).to_pyarrow_table()
+        assert data.num_rows == (2 if mode == "mirror" else 3), mode
