@@ -122,6 +122,7 @@ class MySqlSourceConfig(_Strict):
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     read_timeout_s: float = Field(default=30.0, gt=0)
     zero_dates: Literal["null", "fail"] = "null"
+    snapshot_lock: Literal["none", "flush"] = "none"
 
 
 class FileSinkConfig(_Strict):

@@ -43,7 +43,7 @@ def build_pipeline(job: JobConfig, checkpoints: CheckpointStore, state_dir: Path
         from connectors.mysql.source import MySqlSource
 
         mysql = MySqlSource(job.name, job.source, job.tables, state_dir=state_dir, snapshot=job.snapshot,
-                            snapshot_chunk_rows=job.snapshot_chunk_rows)
+                            snapshot_chunk_rows=job.snapshot_chunk_rows, snapshot_workers=job.snapshot_workers)
         source, info = mysql, mysql.info
     sinks = [build_sink(cfg, name, info, job=job.name, checkpoints=checkpoints)
              for cfg, name in zip(job.sinks, job.sink_names(), strict=True)]

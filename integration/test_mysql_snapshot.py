@@ -7,9 +7,21 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from integration import mysql
 from integration.conftest import MariaDatabase
-from integration.daemon import MYSQL_ITEMS_DDL, ChangeWriter, Daemons, envelopes, sink_position, wait_until
+from integration.daemon import (
+    MYSQL_ITEMS_DDL,
+    ChangeWriter,
+    Daemons,
+    JobFiles,
+    envelopes,
+    mysql_job_config,
+    sink_position,
+    wait_until,
+    write_config,
+)
 from integration.test_mysql_stream import assert_clean_log, assert_no_duplicate_ids, sink_rows, wait_caught_up
 
 
@@ -24,13 +36,22 @@ def seed(db: MariaDatabase, rows: int) -> None:
     )
 
 
+@pytest.mark.parametrize(("lock", "workers"), [("none", 1), ("flush", 3)])
 def test_snapshot_under_four_concurrent_writers_ends_equal(
-    mariadb: MariaDatabase, tmp_path: Path, daemons: Daemons
+    mariadb: MariaDatabase, tmp_path: Path, daemons: Daemons, lock: str, workers: int
 ) -> None:
-    """4 writer threads run through the snapshot and the stream (and a kill -9 mid-way): the sink equals the source."""
+    """4 writer threads run through the snapshot and the stream (and a kill -9 mid-way): the sink equals the source.
+
+    Lock-free with one connection (MariaDB's default), and FLUSH TABLES WITH READ LOCK with 3
+    workers reading primary-key ranges in parallel (MySQL's method, ``snapshot_lock: flush``).
+    """
     db = mariadb
     seed(db, 20_000)
-    files = mysql.make_job(db, tmp_path, snapshot="initial")
+    files = JobFiles(tmp_path / "job")
+    document = mysql_job_config(files, host=db.host, port=db.port, user=db.user, password=db.password,
+                                database=db.dbname, snapshot="initial", snapshot_lock=lock)
+    document["jobs"][0].update(snapshot_workers=workers, snapshot_chunk_rows=3000)
+    write_config(files, document)
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -71,6 +92,8 @@ def test_snapshot_under_four_concurrent_writers_ends_equal(
     assert_no_duplicate_ids(files)
     reads = [e for e in envelopes(files.sink) if e["op"] == "r"]
     assert len(reads) >= 20_000 and all(e["source"]["snapshot"] == "true" for e in reads)
+    reading = next(e for e in daemon.events(all_runs=True) if e.get("event") == "snapshot_reading")
+    assert reading["workers"] == workers and reading["chunks"] >= (7 if workers > 1 else 1)
 
 
 def test_alter_table_mid_stream_changes_the_schema_of_later_events(

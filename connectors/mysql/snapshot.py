@@ -13,7 +13,7 @@ stays bounded whatever the table size.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,36 +97,104 @@ def describe_table(conn: pymysql.connections.Connection[Any], source: str, datab
     return SnapshotTable(schema, MySqlRowCodec(columns, types), normalise)
 
 
-class SnapshotReader:
-    """One connection holding a consistent snapshot; `rows` reads a table in chunks (blocking)."""
+_INTEGER_TYPES = frozenset({t.TINY, t.SHORT, t.INT24, t.LONG, t.LONGLONG})
 
-    def __init__(self, conn: pymysql.connections.Connection[Any], mariadb: bool) -> None:
-        self._conn = conn
-        with conn.cursor() as cur:
-            cur.execute("SET SESSION time_zone = '+00:00'")
-            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            if mariadb:
-                cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-                cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
-                status = {str(k).lower(): str(v) for k, v in cur.fetchall()}
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A primary-key range ``[low, high)`` of one table (None bounds: open; both None: the whole table)."""
+
+    table: SnapshotTable
+    number: int
+    low: int | None = None
+    high: int | None = None
+
+
+def _begin(cur: Any) -> None:
+    cur.execute("SET SESSION time_zone = '+00:00'")
+    cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+
+
+class SnapshotReader:
+    """Connections holding one consistent snapshot, and the binlog coordinate it matches.
+
+    Lock-free (MariaDB, the default): one connection, ``START TRANSACTION WITH CONSISTENT
+    SNAPSHOT`` and ``SHOW STATUS LIKE 'binlog_snapshot_%'``. With `lock` (MySQL always;
+    MariaDB with ``snapshot_lock: flush``): ``FLUSH TABLES WITH READ LOCK`` on a leader
+    connection while `workers` connections open their snapshots and the position is read,
+    then ``UNLOCK TABLES``: every worker sees the same point, so tables are read in
+    parallel by primary-key ranges. Blocking (run in threads, one per connection).
+    """
+
+    def __init__(self, connect: Callable[[], pymysql.connections.Connection[Any]], *, mariadb: bool,
+                 workers: int, lock: bool) -> None:
+        self.connections: list[pymysql.connections.Connection[Any]] = []
+        try:
+            if mariadb and not lock:
+                conn = connect()
+                self.connections.append(conn)
+                with conn.cursor() as cur:
+                    _begin(cur)
+                    cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
+                    status = {str(k).lower(): str(v) for k, v in cur.fetchall()}
                 self.file = status["binlog_snapshot_file"]
                 self.position = int(status["binlog_snapshot_position"])
-            else:  # MySQL 8: a brief global read lock while the snapshot opens (untested here)
-                cur.execute("FLUSH TABLES WITH READ LOCK")
-                try:
-                    cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                return
+            leader = connect()
+            try:
+                with leader.cursor() as lcur:
+                    lcur.execute("FLUSH TABLES WITH READ LOCK")
                     try:
-                        cur.execute("SHOW BINARY LOG STATUS")
-                    except pymysql.err.ProgrammingError:
-                        cur.execute("SHOW MASTER STATUS")
-                    row = cur.fetchone()
-                    assert row is not None
-                    self.file, self.position = str(row[0]), int(row[1])
-                finally:
-                    cur.execute("UNLOCK TABLES")
+                        for _ in range(max(workers, 1)):
+                            conn = connect()
+                            self.connections.append(conn)
+                            with conn.cursor() as cur:
+                                _begin(cur)
+                        try:
+                            lcur.execute("SHOW BINARY LOG STATUS")
+                        except pymysql.err.ProgrammingError:
+                            lcur.execute("SHOW MASTER STATUS")
+                        row = lcur.fetchone()
+                        assert row is not None
+                        self.file, self.position = str(row[0]), int(row[1])
+                    finally:
+                        lcur.execute("UNLOCK TABLES")
+            finally:
+                leader.close()
+        except BaseException:
+            self.close()
+            raise
 
-    def rows(self, table: SnapshotTable, chunk_rows: int) -> Iterator[list[RawRow]]:
-        """The table's rows in primary-key order, normalised, `chunk_rows` per list."""
+    def plan(self, table: SnapshotTable, chunk_rows: int) -> list[Chunk]:
+        """Primary-key ranges of about `chunk_rows` rows (a single integer key), else the whole table."""
+        key = [c for c in table.schema.columns if c.key]
+        if len(key) != 1 or key[0].type_oid not in _INTEGER_TYPES:
+            return [Chunk(table, 1)]
+        column = quote_identifier(key[0].name)
+        name = f"{quote_identifier(table.schema.table.schema)}.{quote_identifier(table.schema.table.table)}"
+        with self.connections[0].cursor() as cur:
+            cur.execute(f"SELECT MIN({column}), MAX({column}) FROM {name}")  # noqa: S608 - quoted identifiers
+            row = cur.fetchone()
+            cur.execute(
+                "SELECT table_rows FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+                (table.schema.table.schema, table.schema.table.table),
+            )
+            estimate = cur.fetchone()
+        if row is None or row[0] is None:
+            return [Chunk(table, 1)]
+        low, high = int(row[0]), int(row[1])
+        count = max(1, -(-int(estimate[0] if estimate and estimate[0] else 0) // chunk_rows))
+        step = max(1, -(-(high - low + 1) // count))
+        bounds = list(range(low, high + 1, step))
+        return [
+            Chunk(table, n, None if n == 1 else b, None if n == len(bounds) else bounds[n])
+            for n, b in enumerate(bounds, 1)
+        ]
+
+    def rows(self, chunk: Chunk, chunk_rows: int, worker: int = 0) -> Iterator[list[RawRow]]:
+        """The chunk's rows in primary-key order, normalised, `chunk_rows` per list, on connection `worker`."""
+        table = chunk.table
         schema = table.schema
         # FLOAT is printed with 6 digits by the server: read its exact value as a double.
         names = ", ".join(
@@ -134,14 +202,24 @@ class SnapshotReader:
             for c in schema.columns
         )
         key = ", ".join(quote_identifier(n) for n in schema.key)
-        # Every identifier is quoted by quote_identifier; no value is formatted in.
+        # Every identifier is quoted by quote_identifier; values are parameters.
         table_name = f"{quote_identifier(schema.table.schema)}.{quote_identifier(schema.table.table)}"
         query = f"SELECT {names} FROM {table_name}"  # noqa: S608
+        params: list[int] = []
+        bounds = []
+        if chunk.low is not None:
+            bounds.append(f"{key} >= %s")
+            params.append(chunk.low)
+        if chunk.high is not None:
+            bounds.append(f"{key} < %s")
+            params.append(chunk.high)
+        if bounds:
+            query += " WHERE " + " AND ".join(bounds)
         if key:
             query += f" ORDER BY {key}"
         normalise = table.normalise
-        with self._conn.cursor(pymysql.cursors.SSCursor) as cur:
-            cur.execute(query)
+        with self.connections[worker].cursor(pymysql.cursors.SSCursor) as cur:
+            cur.execute(query, params or None)
             while True:
                 fetched = cur.fetchmany(chunk_rows)
                 if not fetched:
@@ -159,8 +237,10 @@ class SnapshotReader:
                 yield out
 
     def close(self) -> None:
-        try:
-            self._conn.rollback()
-            self._conn.close()
-        except pymysql.Error:
-            pass
+        for conn in self.connections:
+            try:
+                conn.rollback()
+                conn.close()
+            except pymysql.Error:
+                pass
+        self.connections = []

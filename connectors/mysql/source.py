@@ -64,7 +64,7 @@ from connectors.mysql.binlog import (
     TxCommit,
     TxStart,
 )
-from connectors.mysql.snapshot import SnapshotReader, SnapshotTable, describe_table, sql_type
+from connectors.mysql.snapshot import Chunk, SnapshotReader, SnapshotTable, describe_table, sql_type
 from connectors.mysql.types import MySqlColumnType, MySqlRowCodec
 
 log = structlog.get_logger(__name__)
@@ -171,8 +171,10 @@ class MySqlSource:
         state_dir: Path | None = None,
         snapshot: str = "never",
         snapshot_chunk_rows: int = 50_000,
+        snapshot_workers: int = 1,
     ) -> None:
         self.name = name
+        self._workers = snapshot_workers
         self._config = config
         self._tables_config = tables
         self.where = f"job {name}: mysql {config.host}:{config.port}"
@@ -245,7 +247,8 @@ class MySqlSource:
             have = {pos.file_index(n) for n in logs}
             snapshot_pending = resume_from is None or (not resume_from.whole and resume_from.commit & 1 == 1)
             if snapshot_pending and self._snapshot_mode in ("initial", "initial_only"):
-                self._snapshot = SnapshotReader(self._connect(), server.mariadb)
+                self._snapshot = SnapshotReader(self._connect, mariadb=server.mariadb, workers=self._workers,
+                                                lock=cfg.snapshot_lock == "flush" or not server.mariadb)
                 self._snapshot_tables = sorted(tables)
                 # Sinks holding part of an interrupted snapshot (an earlier, older consistent point)
                 # get each table truncated first: rows deleted since that point must not survive.
@@ -299,56 +302,130 @@ class MySqlSource:
     # -- snapshot ---------------------------------------------------------------------
 
     async def _snapshot_batches(self, policy: BatchPolicy, stop: asyncio.Event) -> AsyncIterator[ChangeBatch]:
-        """The snapshot's rows as ``op=r`` at ``Position(before(consistent point), n)``."""
+        """The snapshot's rows as ``op=r`` at ``Position(before(consistent point), n)``.
+
+        One thread per snapshot connection reads chunks (primary-key ranges) from a shared
+        list into a bounded queue; this loop appends them to batches in arrival order.
+        """
         reader = self._snapshot
         assert reader is not None and self._ctl is not None
         point = pos.before(*self._start)
         tx = Transaction(0, point, datetime.now(UTC))
         seq = 0
         b = _OpenBatch()
+        fetch_rows = min(self._chunk_rows, policy.max_events)
+        halt = threading.Event()
+        out: queue.Queue[tuple[Chunk, list[RawRow] | None] | BaseException | None] = queue.Queue(
+            2 * len(reader.connections))
+        threads: list[threading.Thread] = []
         try:
+            tables: list[SnapshotTable] = []
+            rels: dict[str, _Table] = {}
             for database, table in self._snapshot_tables:
-                st: SnapshotTable = await asyncio.to_thread(describe_table, self._ctl, self.name, database, table)
-                rel = _Table(st.schema, st.codec, [])
+                st = await asyncio.to_thread(describe_table, self._ctl, self.name, database, table)
+                tables.append(st)
+                rel = rels[str(st.schema.table)] = _Table(st.schema, st.codec, [])
                 if self._snapshot_truncates:
                     seq += 1
                     # A transaction object of its own: envelopes mark the reads of `tx` as snapshot reads.
                     truncate = Transaction(0, point, tx.commit_ts)
                     (rel.append or b.segment(rel))(("t", truncate, seq, point, None, None))
                     b.events += 1
-                chunks = reader.rows(st, min(self._chunk_rows, policy.max_events))
-                started = shown = time.monotonic()
-                while True:
-                    rows = await asyncio.to_thread(next, chunks, None)
-                    if rows is None:
-                        break
-                    append = rel.append or b.segment(rel)
-                    for row in rows:
-                        seq += 1
-                        append(("r", tx, seq, point, None, row))
-                    b.events += len(rows)
-                    b.nbytes += 64 * len(rows) * max(len(st.schema.columns), 1)
-                    st.rows += len(rows)
-                    if time.monotonic() - shown >= 2:
-                        shown = time.monotonic()
-                        progress = {"rows": st.rows, "rows_per_s": round(st.rows / (shown - started)), "done": False}
-                        self.snapshot_status[f"{database}.{table}"] = progress
-                        self._log.info("snapshot_progress", table=f"{database}.{table}", **progress)
-                    if b.full(policy.max_events, policy.max_bytes):
-                        yield b.cut(tx.position(seq))
-                    if stop.is_set():
-                        if b.events:
-                            yield b.cut(tx.position(seq))
+            work: queue.SimpleQueue[Chunk] = queue.SimpleQueue()
+            pending: dict[str, int] = {}
+            for st in tables:
+                chunks = await asyncio.to_thread(reader.plan, st, self._chunk_rows)
+                pending[str(st.schema.table)] = len(chunks)
+                for chunk in chunks:
+                    work.put(chunk)
+
+            def deliver(item: tuple[Chunk, list[RawRow] | None] | BaseException | None) -> None:
+                while not halt.is_set():  # once halted nobody reads: drop it
+                    try:
+                        out.put(item, timeout=0.2)
                         return
-                elapsed = time.monotonic() - started
-                self.snapshot_status[f"{database}.{table}"] = {
-                    "rows": st.rows, "rows_per_s": round(st.rows / elapsed) if elapsed > 0 else None, "done": True}
-                self._log.info("snapshot_table_done", table=f"{database}.{table}", rows=st.rows,
-                               rows_per_s=round(st.rows / elapsed) if elapsed > 0 else None)
+                    except queue.Full:
+                        continue
+
+            def read(worker: int) -> None:
+                try:
+                    while not halt.is_set():
+                        try:
+                            chunk = work.get_nowait()
+                        except queue.Empty:
+                            return
+                        for rows in reader.rows(chunk, fetch_rows, worker):
+                            deliver((chunk, rows))
+                            if halt.is_set():
+                                return
+                        deliver((chunk, None))
+                except BaseException as err:  # handed to the event loop, which raises it
+                    deliver(err)
+                finally:
+                    deliver(None)
+
+            threads = [threading.Thread(target=read, args=(n,), name=f"cdc-snapshot-{n}", daemon=True)
+                       for n in range(len(reader.connections))]
+            for thread in threads:
+                thread.start()
+            running = len(threads)
+            started = shown = time.monotonic()
+            self._log.info("snapshot_reading", tables=len(tables), chunks=sum(pending.values()), workers=running)
+            while running:
+                item = await asyncio.to_thread(out.get)
+                if item is None:
+                    running -= 1
+                    continue
+                if isinstance(item, BaseException):
+                    if isinstance(item, pymysql.Error):
+                        raise SourceConnectionError(f"{self.where}: snapshot: {first_line(item)}") from item
+                    raise item
+                chunk, rows = item
+                st = chunk.table
+                name = str(st.schema.table)
+                if rows is None:
+                    pending[name] -= 1
+                    if not pending[name]:
+                        elapsed = time.monotonic() - started
+                        done = {"rows": st.rows, "rows_per_s": round(st.rows / elapsed) if elapsed > 0 else None,
+                                "done": True}
+                        self.snapshot_status[name] = done
+                        self._log.info("snapshot_table_done", table=name, **done)
+                    continue
+                rel = rels[name]
+                append = rel.append or b.segment(rel)
+                for row in rows:
+                    seq += 1
+                    append(("r", tx, seq, point, None, row))
+                b.events += len(rows)
+                b.nbytes += 64 * len(rows) * max(len(st.schema.columns), 1)
+                st.rows += len(rows)
+                if time.monotonic() - shown >= 2:
+                    shown = time.monotonic()
+                    for t in tables:
+                        if not self.snapshot_status.get(str(t.schema.table), {}).get("done"):
+                            progress = {"rows": t.rows, "rows_per_s": round(t.rows / (shown - started)),
+                                        "done": False}
+                            self.snapshot_status[str(t.schema.table)] = progress
+                            self._log.info("snapshot_progress", table=str(t.schema.table), **progress)
+                if b.full(policy.max_events, policy.max_bytes):
+                    yield b.cut(tx.position(seq))
+                if stop.is_set():
+                    if b.events:
+                        yield b.cut(tx.position(seq))
+                    return
             yield b.cut(tx.position())
         except pymysql.Error as err:
             raise SourceConnectionError(f"{self.where}: snapshot: {first_line(err)}") from err
         finally:
+            halt.set()
+            while True:  # unblock readers waiting on a full queue
+                try:
+                    out.get_nowait()
+                except queue.Empty:
+                    break
+            for thread in threads:
+                await asyncio.to_thread(thread.join, 5)
             self._snapshot = None
             await asyncio.to_thread(reader.close)
 
