@@ -122,3 +122,15 @@ def test_binlog_off_refused(tmp_path: Path) -> None:
         db = MariaDatabase(server, name, server.host, server.port, server.user, server.password)
         files, result = run_job(db, tmp_path)
     assert_user_error(result, files, "log_bin=OFF", "--log-bin")
+
+
+def test_flush_snapshot_without_reload_refused(db: MariaDatabase, tmp_path: Path) -> None:
+    """snapshot_lock: flush needs RELOAD (FLUSH TABLES WITH READ LOCK): one line naming it, exit 2."""
+    user = "r" + db.dbname[-19:]
+    db.server.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'; "
+                      f"GRANT REPLICATION SLAVE, BINLOG MONITOR, SELECT ON *.* TO '{user}'@'%'")
+    try:
+        files, result = run_job(db, tmp_path, user=user, password="pw", snapshot="initial", snapshot_lock="flush")
+    finally:
+        db.server.execute(f"DROP USER '{user}'@'%'")
+    assert_user_error(result, files, "lacks RELOAD")

@@ -61,8 +61,13 @@ def _grants(cur: Any) -> tuple[set[str], set[str]]:
     return global_privs, any_db
 
 
-def check_server(conn: pymysql.connections.Connection[Any], where: str, server_id: int) -> Server:
-    """Every setting the binlog source needs; raise `SourceSetupError` naming the first one missing."""
+def check_server(conn: pymysql.connections.Connection[Any], where: str, server_id: int,
+                 reload: bool | None = None) -> Server:
+    """Every setting the binlog source needs; raise `SourceSetupError` naming the first one missing.
+
+    `reload`: whether the job's snapshot takes ``FLUSH TABLES WITH READ LOCK`` (True), does
+    not (False), or does exactly on MySQL (None: ``snapshot_lock: none``).
+    """
     with conn.cursor() as cur:
         cur.execute("SELECT VERSION(), @@server_id")
         row = cur.fetchone()
@@ -108,6 +113,8 @@ def check_server(conn: pymysql.connections.Connection[Any], where: str, server_i
             missing = [p for p in needed if not alternatives[p] & global_privs]
             if "SELECT" not in global_privs | any_db and "ALL PRIVILEGES" not in any_db:
                 missing.append("SELECT")
+            if (reload or (reload is None and not mariadb)) and "RELOAD" not in global_privs:
+                missing.append("RELOAD")  # FLUSH TABLES WITH READ LOCK for the snapshot
             if missing:
                 raise SourceSetupError(
                     f"{where}: the user lacks {', '.join(missing)}; run GRANT {', '.join(missing)} ON *.* TO "

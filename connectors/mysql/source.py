@@ -232,7 +232,9 @@ class MySqlSource:
         conn = self._connect()
         self._ctl = conn
         try:
-            server = catalog.check_server(conn, self.where, cfg.server_id)
+            snapshots = self._snapshot_mode in ("initial", "initial_only")
+            reload = None if cfg.snapshot_lock == "none" else True
+            server = catalog.check_server(conn, self.where, cfg.server_id, reload if snapshots else False)
             tables = catalog.select_tables(conn, self._tables_config.include, self._tables_config.exclude, self.where)
             if not tables:
                 raise MissingTableError(
