@@ -145,3 +145,18 @@ def test_mysql_source_config() -> None:
     assert "secret" not in repr(source)
     with pytest.raises(ConfigError, match=r"x.yaml:3: jobs\[0\].source.server_id"):
         parse_config(_MYSQL_JOB.format(server_id=0), "x.yaml", {})
+
+
+def test_mysql_source_from_a_dsn() -> None:
+    """dsn: mysql://user[:password]@host[:port]/db sets host, port, user (and password); mixing is an error."""
+    text = _MYSQL_JOB.replace("host: db, user: cdc, password: secret", "dsn: 'mysql://cdc%40x:p%3Aw@db:3307/shop'")
+    source = parse_config(text.format(server_id=7), "x.yaml", {}).jobs[0].source
+    assert (source.host, source.port, source.user, source.password.get_secret_value()) == ("db", 3307, "cdc@x", "p:w")
+    text = _MYSQL_JOB.replace("host: db, user: cdc", "dsn: 'mysql://cdc@db/shop'")
+    source = parse_config(text.format(server_id=7), "x.yaml", {}).jobs[0].source
+    assert (source.host, source.port, source.password.get_secret_value()) == ("db", 3306, "secret")
+    with pytest.raises(ConfigError, match="either dsn or host"):
+        parse_config(_MYSQL_JOB.replace("user: cdc", "dsn: 'mysql://cdc@db'").format(server_id=7), "x.yaml", {})
+    with pytest.raises(ConfigError, match="mysql://user"):
+        parse_config(_MYSQL_JOB.replace("host: db, user: cdc", "dsn: 'postgresql://cdc@db'").format(server_id=7),
+                     "x.yaml", {})
