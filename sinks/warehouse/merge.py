@@ -226,8 +226,8 @@ class WarehouseSink:
         self._targets.clear()
 
     def _apply(self, tc: TableChanges) -> None:
-        if all(change[0] == "m" for change in tc.changes):
-            return  # logical messages are not table rows
+        if tc.block is None and all(change[0] == "m" for change in tc.changes):
+            return  # logical messages are not table rows (a block holds snapshot rows)
         schema = tc.schema
         if not schema.key:
             raise SinkError(
