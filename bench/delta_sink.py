@@ -41,6 +41,7 @@ from cdc.checkpoints import no_position
 from cdc.columnar import changelog_table, mirror_steps
 from cdc.config import DeltaSinkConfig
 from cdc.events import ChangeBatch, Column, Position, RawRow, RowChange, TableChanges, TableId, TableSchema, Transaction
+from cdc.logs import configure_logging
 from cdc.sink import SourceInfo
 from connectors.postgres import types as pg
 from connectors.postgres.types import PgRowCodec
@@ -176,6 +177,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--changes", type=int, default=100_000)
     args = parser.parse_args()
+    configure_logging("warning", "json")  # logs to stderr: stdout carries only the JSON result
     work = Path(tempfile.mkdtemp(prefix="cdc-bench-delta-"))
     try:
         result = {

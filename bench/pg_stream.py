@@ -1,12 +1,13 @@
-"""Benchmark: PostgreSQL stream -> file sink, as a ratio to pg_recvlogical in the same run.
+"""Benchmark: PostgreSQL stream -> sinks, as a ratio to pg_recvlogical in the same run.
 
 Loads N rows of a 10-column table (int8, text, numeric, timestamptz, jsonb, bool, uuid,
-float8, int4, varchar) in T transactions into a disposable PostgreSQL, with two logical
-slots created before the load. pg_recvlogical drains one slot to /dev/null (the
-server's limit: the walsender decoding pgoutput); ``cdc run`` drains the other into the
-file sink (fsync on). Prints one JSON document.
+float8, int4, varchar) in T transactions into a disposable PostgreSQL, with one logical
+slot per run created before the load. pg_recvlogical drains one slot to /dev/null (the
+server's limit: the walsender decoding pgoutput); ``cdc run`` drains another into each
+sink asked for (default: the file sink with fsync; also a Delta changelog, a Delta mirror,
+DuckDB), one after the other. Prints one JSON document.
 
-    .venv/bin/python bench/pg_stream.py [--rows 1000000] [--transactions 100]
+    .venv/bin/python bench/pg_stream.py [--rows 1000000] [--transactions 100] [--sinks file delta-mirror]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -46,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--transactions", type=int, default=100)
+    parser.add_argument("--sinks", nargs="+", default=["file"], choices=list(SINKS))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cdc-bench-"))
     with DisposablePostgres(settings={"max_wal_size": "4GB", "checkpoint_timeout": "30min"}) as pg:
@@ -54,7 +57,7 @@ def main() -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(TABLE)
             conn.execute("CREATE PUBLICATION bench_pub FOR TABLE bench")
-            for slot in ("bench_ref", "bench_cdc"):
+            for slot in ("bench_ref", *(f"bench_{n.replace('-', '_')}" for n in args.sinks)):
                 conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
             per_tx = args.rows // args.transactions
             t0 = time.perf_counter()
@@ -68,7 +71,12 @@ def main() -> None:
         rows = per_tx * args.transactions
 
         ref_s = _pg_recvlogical(pg, dsn, end_lsn)
-        cdc_s, rss_mb, out_bytes = _cdc(work, dsn, int(last_commit))
+        runs = []
+        for sink in args.sinks:
+            cdc_s, rss_mb, out_bytes = _cdc(work / sink, dsn, int(last_commit), sink)
+            runs.append({"sink": sink, "description": SINKS[sink][1], "seconds": round(cdc_s, 3),
+                         "rows_per_s": round(rows / cdc_s), "mb_per_s": round(out_bytes / cdc_s / 1e6, 1),
+                         "peak_rss_mb": round(rss_mb, 1), "ratio": round(ref_s / cdc_s, 3)})
 
     result = {
         "benchmark": "pg_stream",
@@ -78,9 +86,7 @@ def main() -> None:
         "load_s": round(load_s, 2),
         "limit": {"tool": "pg_recvlogical -> /dev/null", "seconds": round(ref_s, 3),
                   "rows_per_s": round(rows / ref_s)},
-        "cdc": {"sink": "file (fsync)", "seconds": round(cdc_s, 3), "rows_per_s": round(rows / cdc_s),
-                "mb_per_s": round(out_bytes / cdc_s / 1e6, 1), "peak_rss_mb": round(rss_mb, 1)},
-        "ratio": round(ref_s / cdc_s, 3),
+        "cdc": runs,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "cdc": __version__},
     }
     print(json.dumps(result, indent=2))
@@ -95,17 +101,31 @@ def _pg_recvlogical(pg: DisposablePostgres, dsn: str, end_lsn: str) -> float:
     return time.perf_counter() - t0
 
 
-def _cdc(work: Path, dsn: str, end: int) -> tuple[float, float, int]:
+#: The sinks measured: name -> (sink config over the output folder, description).
+SINKS: dict[str, tuple[Any, str]] = {
+    "file": (lambda out: {"type": "file", "path": str(out)}, "JSONL files, fsync"),
+    "delta-changelog": (lambda out: {"type": "delta", "path": str(out), "mode": "changelog"},
+                        "Delta Lake changelog (append)"),
+    "delta-mirror": (lambda out: {"type": "delta", "path": str(out), "mode": "mirror"}, "Delta Lake mirror (MERGE)"),
+    "duckdb": (lambda out: {"type": "duckdb", "path": str(out / "bench.duckdb")}, "DuckDB table (DELETE + INSERT)"),
+}
+
+
+def _cdc(work: Path, dsn: str, end: int, sink: str) -> tuple[float, float, int]:
+    work.mkdir(parents=True)
     config = work / "bench.yaml"
-    events = work / "events"
+    events = work / "out"
+    events.mkdir()
     config.write_text(json.dumps({
         "state_dir": str(work / "state"),
         "log_format": "json",
         "jobs": [{
             "name": "bench",
-            "source": {"type": "postgres", "dsn": dsn, "slot": "bench_cdc", "publication": "bench_pub"},
+            "source": {"type": "postgres", "dsn": dsn, "slot": f"bench_{sink.replace('-', '_')}",
+                       "publication": "bench_pub"},
             "tables": {"include": ["public.bench"]},
-            "sinks": [{"type": "file", "path": str(events)}],
+            "snapshot": "never",
+            "sinks": [SINKS[sink][0](events)],
         }],
     }))
     prefix = os.environ.get("CDC_BENCH_WRAP", "").split()
@@ -114,7 +134,7 @@ def _cdc(work: Path, dsn: str, end: int) -> tuple[float, float, int]:
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr or []], daemon=True).start()
     started = None
-    state = events / "_cdc_file_sink.json"
+    state = work / "state" / "bench.checkpoint.json"  # the job's checkpoint: what every sink holds
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline:
@@ -127,11 +147,14 @@ def _cdc(work: Path, dsn: str, end: int) -> tuple[float, float, int]:
             if proc.poll() is not None:
                 raise SystemExit(f"cdc exited early with {proc.returncode}")
             if started is not None and state.exists():
-                pos = json.loads(state.read_text())["position"]["commit"]
+                try:
+                    pos = json.loads(state.read_text())["source"]["commit"]
+                except (OSError, ValueError):
+                    continue
                 if pos >= end - 4096:  # the last commit record sits just below the final WAL end
                     elapsed = time.perf_counter() - started
                     rss = _peak_rss_mb(proc.pid)
-                    size = sum(f.stat().st_size for f in events.rglob("*.jsonl"))
+                    size = sum(f.stat().st_size for f in events.rglob("*") if f.is_file())
                     return elapsed, rss, size
         raise SystemExit("cdc did not finish within 600 s")
     finally:

@@ -16,7 +16,9 @@ from string import Formatter
 from typing import Annotated, Any, Literal
 
 import yaml
+from psycopg.conninfo import make_conninfo
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ByteSize,
@@ -45,9 +47,42 @@ class TablesConfig(_Strict):
     exclude: list[str] = Field(default_factory=list)
 
 
+def _read_secret_files(data: object, keys: tuple[str, ...]) -> object:
+    """Fill each `key` from `key_file` (the file's content without its trailing newline)."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for key in keys:
+        path = out.get(f"{key}_file")
+        if path is None:
+            continue
+        if out.get(key) is not None:
+            raise ValueError(f"set either {key} or {key}_file, not both")
+        try:
+            out[key] = Path(str(path)).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as err:
+            raise ValueError(f"{key}_file {path}: cannot read: {err.strerror}") from err
+    return out
+
+
+def _existing_file(value: str | None) -> str | None:
+    if value is not None and value != "system" and not Path(value).is_file():
+        raise ValueError(f"{value}: no such file")
+    return value
+
+
 class PostgresSourceConfig(_Strict):
+    """The PostgreSQL source; secrets and TLS keys are documented in docs/operations.md."""
+
     type: Literal["postgres"]
     dsn: SecretStr
+    dsn_file: Path | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    sslrootcert: Annotated[str | None, AfterValidator(_existing_file)] = None
+    sslcert: Annotated[str | None, AfterValidator(_existing_file)] = None
+    sslkey: Annotated[str | None, AfterValidator(_existing_file)] = None
     slot: str = Field(pattern=_NAME)
     publication: str = Field(pattern=_NAME)
     status_interval_s: float = Field(default=10.0, gt=0)
@@ -58,6 +93,20 @@ class PostgresSourceConfig(_Strict):
     messages: list[str] = Field(default_factory=list)
     on_slot_lost: Literal["fail", "recreate"] = "fail"
     lag_interval_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: object) -> object:
+        return _read_secret_files(data, ("dsn", "password"))
+
+    def conninfo(self) -> str:
+        """The libpq connection string: `dsn` with `password` and the ssl* keys applied (a secret)."""
+        extra = {k: v for k, v in (("sslmode", self.sslmode), ("sslrootcert", self.sslrootcert),
+                                   ("sslcert", self.sslcert), ("sslkey", self.sslkey)) if v is not None}
+        if self.password is not None:
+            extra["password"] = self.password.get_secret_value()
+        dsn = self.dsn.get_secret_value()
+        return make_conninfo(dsn, **extra) if extra else dsn
 
 
 class FileSinkConfig(_Strict):
@@ -263,6 +312,8 @@ class RetryConfig(_Strict):
     initial_backoff_s: float = Field(default=1.0, gt=0)
     max_backoff_s: float = Field(default=60.0, gt=0)
     max_attempts: int | None = Field(default=None, ge=1)
+    #: /healthz turns 503 once a job has failed (and retried) this long without a durable batch.
+    unhealthy_after_s: float = Field(default=60.0, ge=0)
 
 
 class JobConfig(_Strict):
@@ -300,8 +351,28 @@ class JobConfig(_Strict):
         return out
 
 
+class HttpConfig(_Strict):
+    """The daemon's HTTP endpoint (docs/operations.md): /healthz, /readyz, /metrics, /status."""
+
+    #: ``host:port`` (``[v6]:port``); port 0 picks a free port (written to the daemon file).
+    listen: str = "127.0.0.1:8765"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:8765, [::1]:8765, 0.0.0.0:8765)")
+        return value
+
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class Config(_Strict):
     state_dir: Path = Path("./.cdc-state")
+    http: HttpConfig | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     shutdown_grace_s: float = Field(default=10.0, gt=0)

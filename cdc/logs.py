@@ -14,6 +14,7 @@ import orjson
 import structlog
 
 from cdc import progress
+from cdc.redaction import redact_processor
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
@@ -36,6 +37,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_processor,  # secrets registered from the config never reach a line (cdc/redaction.py)
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from cdc import metrics
 from cdc.checkpoints import Checkpoint, CheckpointStore
 from cdc.events import ChangeBatch, Position, min_position
 from cdc.sink import Sink
@@ -28,12 +29,13 @@ log = structlog.get_logger(__name__)
 class BatchBuffer:
     """A FIFO of batches bounded by count and by bytes (one batch always fits)."""
 
-    def __init__(self, max_batches: int, max_bytes: int) -> None:
+    def __init__(self, max_batches: int, max_bytes: int, gauges: metrics.BufferGauges | None = None) -> None:
         self._max_batches = max_batches
         self._max_bytes = max_bytes
         self._items: deque[ChangeBatch | None] = deque()
         self._bytes = 0
         self._changed = asyncio.Condition()
+        self._gauges = gauges
 
     def _full(self) -> bool:
         return bool(self._items) and (len(self._items) >= self._max_batches or self._bytes >= self._max_bytes)
@@ -44,6 +46,7 @@ class BatchBuffer:
             await self._changed.wait_for(lambda: not self._full() or batch is None)
             self._items.append(batch)
             self._bytes += batch.nbytes if batch is not None else 0
+            self._measure()
             self._changed.notify_all()
 
     async def get(self) -> ChangeBatch | None:
@@ -52,8 +55,13 @@ class BatchBuffer:
             await self._changed.wait_for(lambda: bool(self._items))
             batch = self._items.popleft()
             self._bytes -= batch.nbytes if batch is not None else 0
+            self._measure()
             self._changed.notify_all()
             return batch
+
+    def _measure(self) -> None:
+        if self._gauges is not None:
+            self._gauges.set(sum(1 for b in self._items if b is not None), self._bytes)
 
 
 @dataclass(slots=True)
@@ -65,6 +73,10 @@ class JobStats:
     streaming: bool = False  # the source started: later failures are not setup mistakes
     acknowledged: Position | None = None
     started: float = field(default_factory=time.monotonic)
+    #: Each sink's durable position after the last write (for ``/status``).
+    sink_positions: dict[str, Position | None] = field(default_factory=dict)
+    #: `time.monotonic()` of the last checkpointed batch, None before the first.
+    last_batch_at: float | None = None
 
 
 class Pipeline:
@@ -87,7 +99,9 @@ class Pipeline:
         self.policy = policy
         self.checkpoints = checkpoints
         self.stats = JobStats()
-        self._buffer = BatchBuffer(max_buffered_batches, max_buffered_bytes)
+        self._buffer = BatchBuffer(max_buffered_batches, max_buffered_bytes,
+                                   metrics.BufferGauges(job, max_buffered_batches, max_buffered_bytes))
+        self._meters = {s.name: metrics.SinkMeter(job, s.name, metrics.LAG) for s in sinks}
         self._log = log.bind(job=job)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -100,6 +114,7 @@ class Pipeline:
             for sink in self.sinks:
                 await sink.open()
             held = {s.name: s.position() for s in self.sinks}
+            self.stats.sink_positions = dict(held)
             resume = min_position(list(held.values()))
             self._log.info("job_starting", resume_from=str(resume) if resume else None,
                            sinks={k: str(v) if v else None for k, v in held.items()})
@@ -133,11 +148,14 @@ class Pipeline:
         last_log = time.monotonic()
         while (batch := await self._buffer.get()) is not None:
             # Wait for every write to end before raising, so no sink is closed mid-write.
-            results = await asyncio.gather(*(sink.write(batch) for sink in self.sinks), return_exceptions=True)
+            ops = metrics.batch_ops(batch)
+            results = await asyncio.gather(*(self._write(sink, batch, ops) for sink in self.sinks),
+                                           return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
             positions = {s.name: s.position() for s in self.sinks}
+            self.stats.sink_positions = positions
             ack = min_position(list(positions.values()))
             if ack is None:
                 continue
@@ -148,8 +166,19 @@ class Pipeline:
             self.stats.events += len(batch)
             self.stats.batches += 1
             self.stats.acknowledged = ack
-            now = time.monotonic()
+            now = self.stats.last_batch_at = time.monotonic()
             if now - last_log >= 10:
                 self._log.info("job_progress", events=self.stats.events, batches=self.stats.batches,
                                position=str(ack))
                 last_log = now
+
+    async def _write(self, sink: Sink, batch: ChangeBatch, ops: dict[str, int]) -> None:
+        """`sink.write(batch)`, timed and counted in the sink's metrics."""
+        meter = self._meters[sink.name]
+        started = time.perf_counter()
+        try:
+            await sink.write(batch)
+        except Exception as err:
+            meter.failed(err)
+            raise
+        meter.written(batch, ops, time.perf_counter() - started)

@@ -47,9 +47,12 @@ def source_rows(pg: PgDatabase, table: str = "items", columns: tuple[str, ...] =
 def delta_rows(uri: str, columns: tuple[str, ...] = DATA, options: dict[str, str] | None = None) -> list[Any]:
     """A mirror's rows (the same columns), sorted by id; [] while the table does not exist."""
     try:
-        table = DeltaTable(uri, storage_options=options).to_pyarrow_table(columns=list(columns))
+        dt = DeltaTable(uri, storage_options=options)
     except TableNotFoundError:  # not created yet
         return []
+    if not set(columns) <= set(pa.schema(dt.schema().to_arrow()).names):
+        return []  # a column the daemon has not added yet
+    table = dt.to_pyarrow_table(columns=list(columns))
     return sorted((tuple(r[c] for c in columns) for r in table.to_pylist()), key=lambda r: r[0])
 
 

@@ -39,7 +39,7 @@ import structlog
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from cdc import progress
+from cdc import metrics, progress
 from cdc.config import PostgresSourceConfig, TablesConfig
 from cdc.errors import (
     CdcError,
@@ -186,7 +186,7 @@ class PostgresSource:
         self.name = name
         self._config = config
         self._tables = tables
-        self._conninfo = config.dsn.get_secret_value()
+        self._conninfo = config.conninfo()
         params = conninfo_to_dict(self._conninfo)
         host, port, db = params.get("host", "localhost"), params.get("port", 5432), params.get("dbname", "")
         self.where = f"job {name}: postgres {host}:{port}/{db}"
@@ -275,6 +275,7 @@ class PostgresSource:
                 planned = await describe_tables(conn, self.name, pending, self._types, self._chunk_rows)
                 for t in planned:
                     self._progress.start(t)
+                    metrics.snapshot_chunks_planned(self.name, t.name).set(len(t.chunks))
                 self._progress.save()
             else:
                 planned = []
@@ -725,6 +726,8 @@ class PostgresSource:
             _, t, chunk, rows = self._chunk_marks.popleft()
             self._progress.chunk_done(t, chunk, rows)
             t.done.add(chunk)
+            metrics.snapshot_rows(self.name, t.name).inc(rows)
+            metrics.snapshot_chunks(self.name, t.name).inc()
             finished = True
             if self._progress.is_done(t.name):
                 self._log.info("snapshot_table_done", **progress_fields(t))
@@ -801,6 +804,7 @@ class PostgresSource:
         for t in planned:
             self._progress.tables.pop(t.name, None)
             self._progress.start(t)
+            metrics.snapshot_chunks_planned(self.name, t.name).set(len(t.chunks))
         self._progress.save()
         self._incremental.extend(planned)
         self._request_path.unlink(missing_ok=True)
@@ -815,6 +819,8 @@ class PostgresSource:
         row = await cur.fetchone()
         value = row[0] if row is not None else None
         self.lag_bytes = value if isinstance(value, int) else None
+        if self.lag_bytes is not None:
+            metrics.source_lag_bytes(self.name).set(self.lag_bytes)
         acked = self._acked_ts
         self.lag_seconds = 0.0 if acked is None else (datetime.now(UTC) - acked).total_seconds()
         self._log.info("source_lag", lag_bytes=self.lag_bytes, lag_s=round(self.lag_seconds, 3),

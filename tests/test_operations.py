@@ -1,0 +1,523 @@
+"""Operations without servers: metrics, job health, the HTTP endpoint, status, reload/reset guards,
+secrets and TLS config keys, and the shutdown grace period (cdc/metrics.py, health.py, http.py,
+status.py, control.py, daemon.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+from rich.console import Console
+
+from cdc import daemon as daemon_module
+from cdc import metrics
+from cdc.checkpoints import Checkpoint, FileCheckpointStore
+from cdc.config import Config, JobConfig, parse_config
+from cdc.control import ControlError, reload_daemon, reset_job
+from cdc.errors import ConfigError, SinkWriteError
+from cdc.events import ChangeBatch, Position, TableChanges, Transaction
+from cdc.health import JobBoard, JobState, JobStatus
+from cdc.http import HttpEndpoint
+from cdc.pipeline import JobStats, Pipeline
+from cdc.source import BatchPolicy
+from cdc.status import collect, render
+from connectors.postgres.types import PgRowCodec
+from tests.test_pipeline import ORDERS, FakeSink, FakeSource, MemoryCheckpoints, batch
+
+
+def job_name() -> str:
+    """A fresh job name: the metrics registry is process-wide, so every test counts its own job."""
+    return f"t{secrets.token_hex(4)}"
+
+
+def sample(name: str, **labels: str) -> float | None:
+    return metrics.REGISTRY.get_sample_value(name, labels)
+
+
+def mixed_batch(commit: int, ts: datetime) -> ChangeBatch:
+    """One transaction at `commit`: two inserts, one update, one delete."""
+    tx = Transaction(commit, commit, ts)
+    changes: list[Any] = [("c", tx, 1, 1, None, (b"1",)), ("c", tx, 2, 2, None, (b"2",)),
+                          ("u", tx, 3, 3, None, (b"1",)), ("d", tx, 4, 4, (b"2",), None)]
+    return ChangeBatch(Position(commit), [TableChanges(ORDERS, PgRowCodec(ORDERS.columns), changes)], 400)
+
+
+def run_pipeline(job: str, source: FakeSource, sinks: list[FakeSink]) -> Pipeline:
+    pipeline = Pipeline(job, source, list(sinks), BatchPolicy(), MemoryCheckpoints())
+    asyncio.run(asyncio.wait_for(pipeline.run(asyncio.Event()), timeout=5))
+    return pipeline
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_pipeline_counts_events_bytes_and_batches_per_sink_and_op() -> None:
+    """Every sink's events and bytes are counted by op, its batches counted and its writes timed."""
+    job = job_name()
+    ts = datetime.now(UTC) - timedelta(seconds=30)
+    run_pipeline(job, FakeSource([mixed_batch(10, ts), mixed_batch(20, ts)]), [FakeSink("a"), FakeSink("b")])
+    for sink in ("a", "b"):
+        assert sample("cdc_events_total", job=job, sink=sink, op="c") == 4
+        assert sample("cdc_events_total", job=job, sink=sink, op="u") == 2
+        assert sample("cdc_events_total", job=job, sink=sink, op="d") == 2
+        assert sample("cdc_bytes_total", job=job, sink=sink, op="c") == pytest.approx(400)
+        assert sample("cdc_bytes_total", job=job, sink=sink, op="d") == pytest.approx(200)
+        assert sample("cdc_batches_total", job=job, sink=sink) == 2
+        assert sample("cdc_sink_write_seconds_count", job=job, sink=sink) == 2
+        lag = sample("cdc_end_to_end_lag_seconds", job=job, sink=sink)
+        assert lag is not None and 29 <= lag < 120
+    assert sample("cdc_buffer_batches", job=job) == 0
+
+
+def test_snapshot_blocks_are_counted_without_materialising_rows() -> None:
+    """A columnar snapshot block counts as op r events and gives the lag its time, rows untouched."""
+    import pyarrow as pa
+
+    from cdc.events import RowBlock
+
+    ts = datetime(2026, 1, 2, tzinfo=UTC)
+    raw = pa.table({"0": pa.array([b"1", b"2", b"3"], pa.binary())})
+    block = RowBlock(Transaction(0, 50, ts), 1, 0, raw, lambda columns: list(columns))
+    changes = TableChanges(ORDERS, PgRowCodec(ORDERS.columns), block=block)
+    b = ChangeBatch(Position(50, 3), [changes, TableChanges(ORDERS, PgRowCodec(ORDERS.columns),
+                                                            mixed_batch(60, ts).tables[0].changes)])
+    assert metrics.batch_ops(b) == {"r": 3, "c": 2, "u": 1, "d": 1}
+    assert metrics.last_commit_ts(b) == ts
+    assert changes._changes is None  # still columnar: the Delta path stays fast
+
+
+def test_lag_is_zero_once_a_heartbeat_is_durable() -> None:
+    """A durable heartbeat batch means the sink holds everything: the end-to-end lag drops to 0."""
+    job = job_name()
+    old = datetime.now(UTC) - timedelta(hours=1)
+    run_pipeline(job, FakeSource([mixed_batch(10, old), batch(20, events=0)]), [FakeSink("s")])
+    assert sample("cdc_end_to_end_lag_seconds", job=job, sink="s") == 0
+
+
+def test_lag_grows_while_a_sink_is_stalled() -> None:
+    """The lag is computed when scraped: with no new durable event it keeps growing."""
+    job = job_name()
+    metrics.LAG.durable(job, "s", datetime.now(UTC) - timedelta(seconds=5))
+    first = sample("cdc_end_to_end_lag_seconds", job=job, sink="s")
+    time.sleep(0.05)
+    second = sample("cdc_end_to_end_lag_seconds", job=job, sink="s")
+    assert first is not None and second is not None and second > first >= 5
+    metrics.LAG.forget(job)
+    assert sample("cdc_end_to_end_lag_seconds", job=job, sink="s") is None
+
+
+def test_failed_writes_are_counted_by_error_class() -> None:
+    """A failing sink write counts in cdc_sink_write_errors_total with the error's class."""
+    job = job_name()
+    with pytest.raises(SinkWriteError):
+        run_pipeline(job, FakeSource([batch(10), batch(20)]), [FakeSink("s", fail_on=2)])
+    assert sample("cdc_sink_write_errors_total", job=job, sink="s", error_class="SinkWriteError") == 1
+    assert sample("cdc_batches_total", job=job, sink="s") == 1
+
+
+def test_buffer_fill_follows_the_buffer() -> None:
+    """The buffer gauges show batches, bytes and the fill ratio against the job's limits."""
+    job = job_name()
+    gauges = metrics.BufferGauges(job, max_batches=4, max_bytes=1000)
+    gauges.set(1, 800)
+    assert sample("cdc_buffer_fill_ratio", job=job) == pytest.approx(0.8)
+    gauges.set(3, 100)
+    assert sample("cdc_buffer_fill_ratio", job=job) == pytest.approx(0.75)
+    assert sample("cdc_buffer_bytes", job=job) == 100
+
+
+def test_source_functions_are_plain_labelled_children() -> None:
+    """What a source or sink calls: metrics.snapshot_rows(job, table).inc(n), source_seconds_behind(...).set()."""
+    job = job_name()
+    metrics.snapshot_rows(job, "shop.orders").inc(500)
+    metrics.snapshot_chunks(job, "shop.orders").inc()
+    metrics.source_seconds_behind(job).set(3.5)
+    metrics.source_lag_bytes(job).set(1 << 20)
+    assert sample("cdc_snapshot_rows_total", job=job, table="shop.orders") == 500
+    assert sample("cdc_snapshot_chunks_total", job=job, table="shop.orders") == 1
+    assert sample("cdc_source_seconds_behind", job=job) == 3.5
+    assert sample("cdc_source_lag_bytes", job=job) == 1 << 20
+
+
+# ---------------------------------------------------------------- health
+
+
+class _Run:
+    """Stands for a Pipeline where JobStatus only reads `stats` and `source`."""
+
+    def __init__(self) -> None:
+        self.stats = JobStats()
+        self.source = object()
+
+
+def status_with_run(unhealthy_after_s: float = 10.0) -> tuple[JobStatus, _Run]:
+    status = JobStatus(job_name(), "postgres", unhealthy_after_s)
+    run = _Run()
+    status.run_started(run)  # type: ignore[arg-type]
+    return status, run
+
+
+def test_job_runs_once_its_source_streams() -> None:
+    """starting -> running when the source started; healthy and up throughout."""
+    status, run = status_with_run()
+    status.refresh()
+    assert status.state is JobState.STARTING and status.healthy()
+    run.stats.streaming = True
+    status.refresh()
+    assert status.state is JobState.RUNNING
+    assert sample("cdc_job_up", job=status.name) == 1
+
+
+def test_retrying_job_turns_unhealthy_after_its_budget_and_recovers_with_a_batch() -> None:
+    """Failing longer than unhealthy_after_s is unhealthy; the first durable batch after makes it healthy."""
+    status, run = status_with_run(unhealthy_after_s=5.0)
+    run.stats.streaming = True
+    status.refresh()
+    status.run_failed("job x: sink down", "SinkWriteError", final=False)
+    assert status.failing_since is not None
+    start = status.failing_since
+    assert status.healthy(start + 4.9) and not status.healthy(start + 5.1)
+    board = JobBoard({status.name: status})
+    status.failing_since = start - 6
+    assert [s.name for s in board.failing()] == [status.name]
+    again = _Run()
+    status.run_started(again)  # type: ignore[arg-type]
+    again.stats.streaming = True
+    status.refresh()
+    assert status.state is JobState.RETRYING  # streaming again, but nothing durable yet
+    again.stats.last_batch_at = time.monotonic()
+    status.refresh()
+    assert status.state is JobState.RUNNING and status.healthy() and board.failing() == []
+
+
+def test_a_failed_job_is_unhealthy() -> None:
+    """A job stopped by a non-retryable error makes /healthz fail at once."""
+    status, _ = status_with_run(unhealthy_after_s=1000)
+    status.run_failed("job x: wal_level is not logical", "SourceSetupError", final=True)
+    assert status.state is JobState.FAILED and not status.healthy()
+
+
+# ---------------------------------------------------------------- HTTP endpoint
+
+
+def test_endpoint_routes() -> None:
+    """/healthz and /readyz say 200 or 503 naming the job; /metrics is Prometheus text; unknown paths 404."""
+    status, run = status_with_run()
+    board = JobBoard({status.name: status})
+    endpoint = HttpEndpoint(board, lambda: {"pid": 1})
+    code, _, body = endpoint.respond("GET", "/healthz")
+    assert code == 200 and orjson.loads(body)["status"] == "ok"
+    code, _, body = endpoint.respond("GET", "/readyz")
+    assert code == 503 and status.name in orjson.loads(body)["not_ready"]
+    run.stats.streaming = True
+    assert endpoint.respond("GET", "/readyz")[0] == 200
+    status.run_failed("job x: broken", "SourceSetupError", final=True)
+    code, _, body = endpoint.respond("GET", "/healthz")
+    assert code == 503 and orjson.loads(body)["failing"] == {status.name: "failed: job x: broken"}
+    code, ctype, body = endpoint.respond("GET", "/metrics")
+    assert code == 200 and ctype.startswith("text/plain")
+    assert f'cdc_job_healthy{{job="{status.name}"}} 0.0' in body.decode()
+    doc = orjson.loads(endpoint.respond("GET", "/status")[2])
+    assert doc["pid"] == 1 and doc["jobs"][status.name]["state"] == "failed"
+    assert endpoint.respond("GET", "/nope")[0] == 404
+    assert endpoint.respond("POST", "/healthz")[0] == 405
+
+
+def test_endpoint_serves_http_on_a_socket() -> None:
+    """The asyncio server answers real HTTP/1.1 requests on the bound port (port 0 picks one)."""
+    from cdc.config import HttpConfig
+
+    async def go() -> tuple[bytes, bytes]:
+        endpoint = HttpEndpoint(JobBoard())
+        address = await endpoint.start(HttpConfig(listen="127.0.0.1:0"))
+        host, port = address.rsplit(":", 1)
+        try:
+            replies = []
+            for request in (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"garbage\r\n\r\n"):
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(request)
+                replies.append(await asyncio.wait_for(reader.read(), 5))
+                writer.close()
+            return replies[0], replies[1]
+        finally:
+            await endpoint.close()
+
+    ok, bad = asyncio.run(go())
+    assert ok.startswith(b"HTTP/1.1 200 OK\r\n") and ok.endswith(b'"status": "ok",\n  "failing": {}\n}\n')
+    assert bad.startswith(b"HTTP/1.1 400 ")
+
+
+def test_endpoint_refuses_a_busy_port_with_one_line() -> None:
+    """A listen address already in use is a ConfigError naming http.listen."""
+    from cdc.config import HttpConfig
+
+    async def go() -> None:
+        first = HttpEndpoint(JobBoard())
+        address = await first.start(HttpConfig(listen="127.0.0.1:0"))
+        try:
+            with pytest.raises(ConfigError, match=rf"http.listen {address}: cannot listen"):
+                await HttpEndpoint(JobBoard()).start(HttpConfig(listen=address))
+        finally:
+            await first.close()
+
+    asyncio.run(go())
+
+
+# ---------------------------------------------------------------- config: http, secrets, TLS
+
+
+def config_text(source_extra: str = "", top: str = "") -> str:
+    return f"""
+{top}
+jobs:
+  - name: j
+    source:
+      type: postgres
+      slot: s
+      publication: p
+{source_extra}
+    sinks: [{{type: file, path: /tmp/x}}]
+"""
+
+
+def test_http_is_off_by_default_and_listens_on_localhost_when_enabled() -> None:
+    """No http key: no endpoint; `http: {}` binds 127.0.0.1:8765; bad addresses name the line."""
+    dsn = "      dsn: postgresql://u@h/db"
+    assert parse_config(config_text(dsn), "c.yaml", {}).http is None
+    cfg = parse_config(config_text(dsn, "http: {}"), "c.yaml", {})
+    assert cfg.http is not None and cfg.http.address() == ("127.0.0.1", 8765)
+    cfg = parse_config(config_text(dsn, 'http: {listen: "[::1]:9000"}'), "c.yaml", {})
+    assert cfg.http is not None and cfg.http.address() == ("::1", 9000)
+    with pytest.raises(ConfigError, match=r"c.yaml:2: http.listen: .*is not host:port"):
+        parse_config(config_text(dsn, "http: {listen: localhost}"), "c.yaml", {})
+
+
+def test_dsn_and_password_from_files(tmp_path: Path) -> None:
+    """dsn_file and password_file fill the DSN and password; neither shows in repr."""
+    (tmp_path / "dsn").write_text("postgresql://cdc@db:5432/shop\n")
+    (tmp_path / "pw").write_text("s3cr3t-pw\n")
+    extra = f"      dsn_file: {tmp_path / 'dsn'}\n      password_file: {tmp_path / 'pw'}"
+    cfg = parse_config(config_text(extra), "c.yaml", {})
+    source = cfg.jobs[0].source
+    info = conninfo_to_dict(source.conninfo())
+    assert info["password"] == "s3cr3t-pw" and info["host"] == "db" and info["dbname"] == "shop"
+    assert "s3cr3t-pw" not in repr(cfg) and "s3cr3t-pw" not in str(cfg)
+
+
+def test_secret_file_errors_name_the_line(tmp_path: Path) -> None:
+    """A missing dsn_file, or dsn and dsn_file together, is one line naming the file and line."""
+    with pytest.raises(ConfigError, match=r"c.yaml:5: jobs\[0\].source: Value error, dsn_file /nope: cannot read"):
+        parse_config(config_text("      dsn_file: /nope"), "c.yaml", {})
+    both = f"      dsn: postgresql://u@h/db\n      dsn_file: {tmp_path}"
+    with pytest.raises(ConfigError, match="set either dsn or dsn_file, not both"):
+        parse_config(config_text(both), "c.yaml", {})
+
+
+def test_tls_keys_go_into_the_connection_string(tmp_path: Path) -> None:
+    """sslmode, sslrootcert, sslcert, sslkey override the DSN's; certificate files must exist."""
+    for name in ("ca.crt", "client.crt", "client.key"):
+        (tmp_path / name).write_text("x")
+    extra = (f"      dsn: postgresql://u@h/db?sslmode=prefer\n      sslmode: verify-full\n"
+             f"      sslrootcert: {tmp_path / 'ca.crt'}\n      sslcert: {tmp_path / 'client.crt'}\n"
+             f"      sslkey: {tmp_path / 'client.key'}")
+    info = conninfo_to_dict(parse_config(config_text(extra), "c.yaml", {}).jobs[0].source.conninfo())
+    assert info["sslmode"] == "verify-full" and info["sslrootcert"] == str(tmp_path / "ca.crt")
+    assert info["sslcert"] == str(tmp_path / "client.crt") and info["sslkey"] == str(tmp_path / "client.key")
+    missing = "      dsn: postgresql://u@h/db\n      sslrootcert: /no/ca.crt"
+    with pytest.raises(ConfigError, match=r"sslrootcert: Value error, /no/ca.crt: no such file"):
+        parse_config(config_text(missing), "c.yaml", {})
+
+
+# ---------------------------------------------------------------- status, reload, reset
+
+
+def file_config(tmp_path: Path, password: str = "pw") -> Config:
+    text = config_text(f"      dsn: postgresql://u:{password}@127.0.0.1:1/db", f"state_dir: {tmp_path / 'state'}")
+    return parse_config(text, "c.yaml", {})
+
+
+def test_status_without_a_daemon_reads_checkpoints_and_snapshot_progress(tmp_path: Path) -> None:
+    """`cdc status` shows saved positions (as LSNs) and snapshot progress when no daemon runs."""
+    cfg = file_config(tmp_path, password="hunter2-secret")
+    FileCheckpointStore(cfg.state_dir).save("j", Checkpoint(Position(0x1_0000_00A0), {"file": Position(0x1_0000_00A0)}))
+    (cfg.state_dir / "j.snapshot.json").write_bytes(orjson.dumps(
+        {"tables": {"public.a": {"status": "running", "chunks": [[1, 0, 10], [2, 10, None]], "done": [1], "rows": 7},
+                    "public.b": {"status": "done", "chunks": [[1, 0, None]], "done": [1], "rows": 3}}}))
+    doc = collect(cfg, list(cfg.jobs))
+    job = doc["jobs"]["j"]
+    assert doc["daemon"] is None and job["state"] == "not running"
+    assert job["checkpoint"] == {"source": {"commit": 0x1_0000_00A0}, "sinks": {"file": {"commit": 0x1_0000_00A0}}}
+    assert job["snapshot"]["public.a"] == {"status": "running", "chunks_done": 1, "chunks": 2, "rows": 7}
+    console = Console(record=True, width=200)
+    render(doc, console)
+    text = console.export_text()
+    assert "1/A0" in text and "public.a 1/2 chunks, 7 rows" in text and "public.b done (3 rows)" in text
+    assert "hunter2-secret" not in text and "hunter2-secret" not in orjson.dumps(doc).decode()
+
+
+def test_reload_without_a_daemon_says_how_to_start_one(tmp_path: Path) -> None:
+    """`cdc reload` with no live daemon on the state dir is one clear error."""
+    with pytest.raises(ControlError, match="no daemon runs on state_dir"):
+        reload_daemon(file_config(tmp_path))
+
+
+def test_reset_needs_confirmation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --yes and without a terminal, reset refuses and changes nothing."""
+    cfg = file_config(tmp_path)
+    FileCheckpointStore(cfg.state_dir).save("j", Checkpoint(Position(5)))
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    with pytest.raises(ControlError, match="confirm with --yes"):
+        reset_job(cfg, cfg.jobs[0], yes=False)
+    assert (cfg.state_dir / "j.checkpoint.json").exists()
+
+
+# ---------------------------------------------------------------- shutdown grace
+
+
+class _HangingSink(FakeSink):
+    """A sink whose second write never ends (a stuck network call)."""
+
+    async def write(self, b: ChangeBatch) -> None:
+        if self.written:
+            await asyncio.Event().wait()
+        await super().write(b)
+
+
+class _EndlessSource(FakeSource):
+    async def batches(self, policy: BatchPolicy, stop: asyncio.Event) -> AsyncIterator[ChangeBatch]:
+        commit = 0
+        while not stop.is_set():
+            commit += 10
+            yield batch(commit)
+            await asyncio.sleep(0.01)
+
+
+def run_daemon_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: FakeSink,
+                    grace_s: float) -> tuple[int, float]:
+    cfg = file_config(tmp_path).model_copy(update={"shutdown_grace_s": grace_s})
+
+    def build(job: JobConfig, checkpoints: Any, state_dir: Path) -> Pipeline:
+        return Pipeline(job.name, _EndlessSource([]), [sink], BatchPolicy(), MemoryCheckpoints())
+
+    monkeypatch.setattr(daemon_module, "build_pipeline", build)
+    d = daemon_module.Daemon(cfg, list(cfg.jobs))
+
+    async def go() -> tuple[int, float]:
+        task = asyncio.create_task(d.run())
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        d._on_signal(__import__("signal").SIGTERM)
+        code = await asyncio.wait_for(task, grace_s + 5)
+        return code, time.monotonic() - started
+
+    return asyncio.run(go())
+
+
+def test_sigterm_drains_and_exits_0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop with healthy sinks drains the in-flight batch and exits 0 well within the grace."""
+    sink = FakeSink("s", delay=0.05)
+    code, took = run_daemon_with(tmp_path, monkeypatch, sink, grace_s=5.0)
+    assert code == 0 and took < 5.0
+    assert sink.closed == 1 and len(sink.written) >= 2
+    assert not (tmp_path / "state" / daemon_module.DAEMON_FILE).exists()
+
+
+def test_sigterm_gives_up_after_the_grace_period(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sink stuck in a write is cancelled once shutdown_grace_s has passed; the exit code is 1."""
+    sink = _HangingSink("s")
+    code, took = run_daemon_with(tmp_path, monkeypatch, sink, grace_s=0.5)
+    assert code == 1 and 0.5 <= took < 3.0
+    assert sink.closed == 1
+
+
+# ---------------------------------------------------------------- redaction
+
+
+def test_secrets_of_a_config_include_dsn_passwords(tmp_path: Path) -> None:
+    """Every SecretStr of the config is found, and the password inside a DSN on its own."""
+    from cdc import redaction
+
+    cfg = file_config(tmp_path, password="pa%40ss-word")
+    found = redaction.secrets_of(cfg)
+    assert {"pa%40ss-word", "pa@ss-word", "postgresql://u:pa%40ss-word@127.0.0.1:1/db"} <= found
+
+
+def test_log_processor_masks_registered_secrets() -> None:
+    """A secret quoted by a driver's error text is masked in the log event, nested values included."""
+    from structlog.testing import CapturingLogger
+
+    from cdc import redaction
+
+    secret = f"s-{secrets.token_hex(6)}"
+    redaction.register([secret, "ab"])
+    event = redaction.redact_processor(CapturingLogger(), "error", {
+        "event": "job_failed", "error": f'missing "=" after "password={secret}"', "nested": {"x": [secret]}})
+    assert secret not in repr(event) and event["error"] == 'missing "=" after "password=***"'
+    assert redaction.redact("ab stays: too short to register") == "ab stays: too short to register"
+
+
+# ---------------------------------------------------------------- reload
+
+
+def two_jobs_yaml(state: Path, *, b_wait_ms: int = 500, with_c: bool = False, broken: bool = False) -> str:
+    jobs = [("a", 500), ("b", b_wait_ms)] + ([("c", 500)] if with_c else [])
+    body = "".join(f"""
+  - name: {name}
+    source: {{type: postgres, dsn: "postgresql://u@127.0.0.1:1/db", slot: s_{name}, publication: p_{name}}}
+    sinks: [{{type: file, path: /tmp/x}}]
+    pipeline: {{max_wait_ms: {wait}}}
+""" for name, wait in jobs)
+    return f"state_dir: {state}\nshutdown_grace_s: 5\njobs:{'  - [' if broken else body}"
+
+
+def test_sighup_restarts_changed_jobs_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload starts a new job, restarts a changed one and leaves the unchanged one running; a broken
+    config changes nothing and is reported in the daemon file."""
+    path = tmp_path / "cdc.yaml"
+    path.write_text(two_jobs_yaml(tmp_path / "state"))
+    cfg = parse_config(path.read_text(), str(path), {})
+    built: list[str] = []
+
+    def build(job: JobConfig, checkpoints: Any, state_dir: Path) -> Pipeline:
+        built.append(job.name)
+        return Pipeline(job.name, _EndlessSource([]), [FakeSink("s")], BatchPolicy(), MemoryCheckpoints())
+
+    monkeypatch.setattr(daemon_module, "build_pipeline", build)
+    d = daemon_module.Daemon(cfg, list(cfg.jobs), config_path=path)
+    daemon_file = tmp_path / "state" / daemon_module.DAEMON_FILE
+
+    async def reload_with(text: str) -> dict[str, Any]:
+        path.write_text(text)
+        before = orjson.loads(daemon_file.read_bytes())["reloads"]
+        d._on_reload()
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            doc: dict[str, Any] = orjson.loads(daemon_file.read_bytes())
+            if doc["reloads"] > before:
+                return doc
+        raise AssertionError("the daemon did not reload")
+
+    async def go() -> tuple[int, dict[str, Any], dict[str, Any]]:
+        task = asyncio.create_task(d.run())
+        await asyncio.sleep(0.2)
+        changed = await reload_with(two_jobs_yaml(tmp_path / "state", b_wait_ms=100, with_c=True))
+        broken = await reload_with(two_jobs_yaml(tmp_path / "state", broken=True))
+        d._on_signal(__import__("signal").SIGTERM)
+        return await asyncio.wait_for(task, 10), changed, broken
+
+    code, changed, broken = asyncio.run(go())
+    assert code == 0
+    assert changed["last_reload"] == {"ok": True, "started": ["c"], "stopped": [], "restarted": ["b"],
+                                      "unchanged": ["a"]}
+    assert changed["jobs"] == ["a", "b", "c"]
+    assert sorted(built) == ["a", "b", "b", "c"]
+    assert broken["last_reload"]["ok"] is False and "invalid YAML" in broken["last_reload"]["error"]
+    assert broken["jobs"] == ["a", "b", "c"]
