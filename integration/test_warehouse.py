@@ -307,3 +307,22 @@ def test_a_refused_statement_reports_its_own_error_and_moves_nothing(target: PgD
         run_sink(postgres_sink("postgres", target.dsn, job="j"), batch)
     assert target.query("SELECT count(*) FROM public.w") == [(0,)]
     assert target.query("SELECT count(*) FROM _cdc_checkpoints") == [(0,)]
+
+
+def test_postgres_target_soft_deletes_and_truncate(target: PgDatabase) -> None:
+    """With soft_deletes a delete and a truncate mark rows; a key inserted again comes back alive."""
+    tid = TableId("shop", "public", "s")
+    schema = TableSchema(tid, (Column("id", "int4", pgt.INT4, key=True), Column("v", "text", pgt.TEXT)))
+
+    def batch(commit: int, *changes: tuple[str, bytes, bytes | None]) -> ChangeBatch:
+        t = Transaction(commit, commit, TS)
+        rows = [(op, t, i + 1, 0, (k, None) if op == "d" else None, None if op in "dt" else (k, v))
+                for i, (op, k, v) in enumerate(changes)]
+        return ChangeBatch(Position(commit), [table(schema, rows)])
+
+    run_sink(postgres_sink("postgres", target.dsn, job="j", soft_deletes=True),
+             batch(100, ("c", b"1", b"a"), ("c", b"2", b"b"), ("c", b"3", b"c")),
+             batch(200, ("d", b"1", None)),
+             batch(300, ("t", b"", None), ("c", b"3", b"again")))
+    assert target.query("SELECT id, v, _cdc_deleted, _cdc_synced_at IS NOT NULL FROM public.s ORDER BY id") == [
+        (1, "a", True, True), (2, "b", True, True), (3, "again", False, True)]
