@@ -329,3 +329,22 @@ def test_snapshot_blocks_upsert_and_replayed_blocks_are_cut(tmp_path: Path) -> N
               ChangeBatch(Position(100), orders(("u", tx(1), 1, 0, None, (b"2", b"7", UNCHANGED)))))
     assert rows(path, "SELECT * FROM public.orders ORDER BY id") == [
         (1, "1.5", "first"), (2, "7", "first"), (3, "1.5", "again")]
+
+
+def test_duckdb_settings_reach_the_connection(tmp_path: Path) -> None:
+    """memory_limit and threads from the config are DuckDB's settings on the sink's connection."""
+    from sinks.warehouse.duckdb import DuckDBEngine
+
+    engine = DuckDBEngine(tmp_path / "w.duckdb", memory_limit="256MB", threads=1)
+    engine.connect()
+    try:
+        assert engine.con.execute("SELECT current_setting('memory_limit'), current_setting('threads')").fetchall() == [
+            ("244.1 MiB", 1)]
+    finally:
+        engine.close()
+    job = parse_config(CONFIG.replace("soft_deletes: true}", "soft_deletes: true, memory_limit: 1GB, threads: 2}"),
+                       "cdc.yaml", {}).jobs[0]
+    assert isinstance(job.sinks[0], DuckDBSinkConfig)
+    assert (job.sinks[0].memory_limit, job.sinks[0].threads) == ("1GB", 2)
+    with pytest.raises(ConfigError, match=r"cdc.yaml:6: jobs\[0\].sinks\[0\].memory_limit"):
+        parse_config(CONFIG.replace("soft_deletes: true}", "soft_deletes: true, memory_limit: lots}"), "cdc.yaml", {})
