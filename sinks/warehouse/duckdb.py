@@ -40,6 +40,7 @@ class DuckDBEngine:
     dialect = DUCKDB
     errors: tuple[type[BaseException], ...] = (duckdb.Error,)
     placeholder: sql.Composable = sql.SQL("?")
+    merge = False  # DELETE + INSERT beat MERGE on DuckDB 2.0
 
     def __init__(self, path: Path, *, memory_limit: str | None = None, threads: int | None = None) -> None:
         self.path = path
