@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,13 @@ def main() -> None:
         limit_s = _copy_binary(pg, dsn)
         for sink in args.sinks:
             for workers in args.workers:
-                seconds, rss, size = _cdc(work / f"{sink}-w{workers}", dsn, workers, sink)
+                seconds, rss, size, snap = _cdc(work / f"{sink}-w{workers}", dsn, workers, sink)
                 runs.append({"sink": sink, "workers": workers, "seconds": round(seconds, 3),
                              "rows_per_s": round(args.rows / seconds), "mb_per_s": round(size / seconds / 1e6, 1),
-                             "peak_rss_mb": round(rss, 1), "ratio": round(limit_s / seconds, 3)})
+                             "peak_rss_mb": round(rss, 1), "ratio": round(limit_s / seconds, 3),
+                             # the copy alone, without process start, slot creation and exit
+                             "snapshot_s": round(snap, 3) if snap else None,
+                             "snapshot_ratio": round(limit_s / snap, 3) if snap else None})
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({
         "benchmark": "pg_snapshot",
@@ -83,7 +87,7 @@ SINKS: dict[str, tuple[Any, str]] = {
 }
 
 
-def _cdc(work: Path, dsn: str, workers: int, sink: str) -> tuple[float, float, int]:
+def _cdc(work: Path, dsn: str, workers: int, sink: str) -> tuple[float, float, int, float | None]:
     work.mkdir(parents=True)
     config = work / "bench.yaml"
     events = work / "out"
@@ -101,14 +105,31 @@ def _cdc(work: Path, dsn: str, workers: int, sink: str) -> tuple[float, float, i
         }],
     }))
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cdc.cli", "run", str(config)], stderr=subprocess.DEVNULL)
+    log = work / "cdc.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "cdc.cli", "run", str(config)], stderr=err)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"cdc exited with {proc.returncode}")
     size = sum(f.stat().st_size for f in events.rglob("*") if f.is_file())
-    return seconds, usage.ru_maxrss / 1024, size
+    return seconds, usage.ru_maxrss / 1024, size, _snapshot_seconds(log)
+
+
+def _snapshot_seconds(log: Path) -> float | None:
+    """From ``snapshot_started`` to the last ``snapshot_table_done`` in the daemon's JSON log."""
+    started = done = None
+    for line in log.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "snapshot_started" and started is None:
+            started = datetime.fromisoformat(event["timestamp"])
+        elif event.get("event") == "snapshot_table_done":
+            done = datetime.fromisoformat(event["timestamp"])
+    return (done - started).total_seconds() if started and done else None
 
 
 if __name__ == "__main__":

@@ -14,9 +14,11 @@ dict operation per change to find the last change of each key.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import groupby
+from operator import itemgetter
 from typing import Final
 
 import pyarrow as pa
@@ -66,18 +68,27 @@ def changelog_table(tc: TableChanges) -> pa.Table:
     if tc.block is not None:
         return _block_table(tc.block, tc.codec.arrow_schema())
     key_idx = [i for i, c in enumerate(tc.schema.columns) if c.key]
-    changes: list[tuple[str, Transaction, int, int, RawRow | None, RawRow | None]] = []
-    for change in tc.changes:
-        op, tx, seq, lsn, before, after = change
+    key_of = itemgetter(*key_idx) if key_idx else None
+    complete = _complete_key(len(key_idx))
+    ops: list[str] = []
+    txs: list[Transaction] = []
+    seqs: list[int] = []
+    images: list[RawRow | None] = []
+    for op, tx, seq, _, before, after in tc.changes:
         if op == "m":
             continue
-        if op == "u" and before is not None and after is not None and key_idx:
-            old = tuple(before[i] for i in key_idx)
-            if old != tuple(after[i] for i in key_idx) and all(v is not None for v in old):
-                changes.append(("d", tx, seq, lsn, before, None))
-        changes.append(change)
-    images = [after if after is not None else before for _, _, _, _, before, after in changes]
-    return _with_meta(tc, images, changes)
+        if op == "u" and before is not None and after is not None and key_of is not None:
+            old = key_of(before)
+            if old != key_of(after) and complete(old):
+                ops.append("d")
+                txs.append(tx)
+                seqs.append(seq)
+                images.append(before)
+        ops.append(op)
+        txs.append(tx)
+        seqs.append(seq)
+        images.append(after if after is not None else before)
+    return _with_meta(tc, images, ops, txs, seqs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,92 +123,119 @@ def mirror_steps(tc: TableChanges) -> list[MirrorStep]:
         )
     if tc.block is not None:  # snapshot rows of one chunk: each key once, all upserts
         return [MirrorStep(False, _block_table(tc.block, tc.codec.arrow_schema()))] if len(tc.block) else []
+    key_of = itemgetter(*key_idx)
+    complete = _complete_key(len(key_idx))
     truncate = False
-    last: dict[tuple[object, ...], int] = {}
-    rows: list[RawRow | None] = []
-    changes: list[tuple[str, Transaction, int, int, RawRow | None, RawRow | None]] = []
-    for change in tc.changes:
-        op, tx, seq, lsn, before, after = change
+    last: dict[object, int] = {}  # key -> index of its last change in the lists below
+    ops: list[str] = []
+    txs: list[Transaction] = []
+    seqs: list[int] = []
+    images: list[RawRow | None] = []
+    partial: set[int] = set()  # indexes whose image still holds an unchanged value
+    for op, tx, seq, _, before, after in tc.changes:
         if op == "m":
             continue
         if op == "t":
             truncate = True
             last.clear()
-            rows.clear()
-            changes.clear()
+            partial.clear()
+            ops, txs, seqs, images = [], [], [], []
             continue
         if after is None:  # delete
             if before is None:
                 continue
-            k = tuple(before[i] for i in key_idx)
-            last[k] = len(rows)
-            rows.append(before)
-            changes.append(change)
+            last[key_of(before)] = len(ops)
+            ops.append(op)
+            txs.append(tx)
+            seqs.append(seq)
+            images.append(before)
             continue
-        k = tuple(after[i] for i in key_idx)
+        k = key_of(after)
         if before is not None:
-            old = tuple(before[i] for i in key_idx)
-            if old != k and all(v is not None for v in old):
-                last[old] = len(rows)
-                rows.append(before)
-                changes.append(("d", tx, seq, lsn, before, None))
+            old = key_of(before)
+            if old != k and complete(old):
+                last[old] = len(ops)
+                ops.append("d")
+                txs.append(tx)
+                seqs.append(seq)
+                images.append(before)
         if op == "u" and UNCHANGED in after:
             prior = last.get(k)
-            earlier = rows[prior] if prior is not None and changes[prior][0] != "d" else None
-            if earlier is not None:
+            if prior is not None and ops[prior] != "d":
+                earlier = images[prior]
+                assert earlier is not None
                 after = tuple(e if v is UNCHANGED else v for v, e in zip(after, earlier, strict=True))
-        last[k] = len(rows)
-        rows.append(after)
-        changes.append((op, tx, seq, lsn, before, after))
+            if UNCHANGED in after:
+                partial.add(len(ops))
+        last[k] = len(ops)
+        ops.append(op)
+        txs.append(tx)
+        seqs.append(seq)
+        images.append(after)
     if not last:
         return [MirrorStep(truncate, None)] if truncate else []
     order = sorted(last.values())
-    kept = [changes[i] for i in order]
-    images = [rows[i] for i in order]
-    table = _with_meta(tc, images, kept)
-    for col in range(len(schema.columns)):
-        flags = [row is not None and row[col] is UNCHANGED for row in images]
-        if any(flags):
-            table = table.append_column(pa.field(keep_column(col), pa.bool_(), nullable=False),
-                                        pa.array(flags, pa.bool_()))
+    if len(order) < len(ops):
+        pick = itemgetter(*order) if len(order) > 1 else (lambda xs: (xs[order[0]],))
+        ops, txs, seqs, images = list(pick(ops)), list(pick(txs)), list(pick(seqs)), list(pick(images))
+        partial = {n for n, i in enumerate(order) if i in partial}
+    table = _with_meta(tc, images, ops, txs, seqs)
+    if partial:
+        for col in range(len(schema.columns)):
+            flags = [False] * len(images)
+            for n in partial:
+                image = images[n]
+                flags[n] = image is not None and image[col] is UNCHANGED
+            if any(flags):
+                table = table.append_column(pa.field(keep_column(col), pa.bool_(), nullable=False),
+                                            pa.array(flags, pa.bool_()))
     return [MirrorStep(truncate, table)]
 
 
+def _complete_key(width: int) -> Callable[[object], bool]:
+    """Whether a key (a value for one key column, a tuple for several) has no NULL part."""
+    if width == 1:
+        return lambda k: k is not None
+    return lambda k: None not in k  # type: ignore[operator]
+
+
 def _with_meta(
-    tc: TableChanges,
-    images: Sequence[RawRow | None],
-    changes: Sequence[tuple[str, Transaction, int, int, RawRow | None, RawRow | None]],
+    tc: TableChanges, images: Sequence[RawRow | None], ops: Sequence[str], txs: Sequence[Transaction],
+    seqs: Sequence[int],
 ) -> pa.Table:
+    """Data columns of `images` plus `META_COLUMNS` from the parallel `ops`, `txs` and `seqs`.
+
+    Transactions come in runs (a batch holds whole transactions in order): their commit,
+    time and id are expanded from one value per run by Arrow, not per row in Python.
+    """
     schema = tc.codec.arrow_schema()
     columns = tc.codec.to_arrow(images)
-    ops: list[str] = []
+    run_ends: list[int] = []
     commits: list[int] = []
-    seqs: list[int] = []
-    tx_index: list[int] = []
     stamps: list[datetime] = []
     xids: list[int] = []
-    last_tx: Transaction | None = None
-    for op, tx, seq, *_ in changes:
-        if tx is not last_tx:
-            stamps.append(tx.commit_ts)
-            xids.append(tx.xid)
-            last_tx = tx
-        ops.append(op)
+    end = 0
+    for tx, run in groupby(txs):
+        end += len(list(run))
+        run_ends.append(end)
         commits.append(tx.commit)
-        seqs.append(seq)
-        tx_index.append(len(stamps) - 1)
-    take = pa.array(tx_index, pa.int32())
+        stamps.append(tx.commit_ts)
+        xids.append(tx.xid)
+    ends = pa.array(run_ends, pa.int32())
+
+    def expand(values: pa.Array) -> pa.Array:
+        return pc.run_end_decode(pa.RunEndEncodedArray.from_arrays(ends, values))
+
     position = pc.binary_join_element_wise(
-        _padded(commits), _padded(seqs), ":"
+        _padded(expand(pa.array(commits, pa.uint64()))), _padded(pa.array(seqs, pa.uint64())), ":"
     )
     meta = [
         pa.array(ops, pa.string()),
         position,
-        pa.array(stamps, pa.timestamp("us", tz="UTC")).take(take),
-        pa.array(xids, pa.int64()).take(take),
+        expand(pa.array(stamps, pa.timestamp("us", tz="UTC"))),
+        expand(pa.array(xids, pa.int64())),
     ]
-    fields = [*schema, *META_FIELDS]
-    return pa.Table.from_arrays([*columns, *meta], schema=pa.schema(fields))
+    return pa.Table.from_arrays([*columns, *meta], schema=pa.schema([*schema, *META_FIELDS]))
 
 
 def _block_table(block: RowBlock, schema: pa.Schema) -> pa.Table:
@@ -217,6 +255,5 @@ def _block_table(block: RowBlock, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays([*block.to_arrow(), *meta], schema=pa.schema([*schema, *META_FIELDS]))
 
 
-def _padded(values: list[int]) -> pa.Array:
-    text = pc.cast(pa.array(values, pa.uint64()), pa.string())
-    return pc.utf8_lpad(text, width=_DIGITS, padding="0")
+def _padded(values: pa.Array) -> pa.Array:
+    return pc.utf8_lpad(pc.cast(values, pa.string()), width=_DIGITS, padding="0")

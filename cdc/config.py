@@ -331,6 +331,8 @@ class _WarehouseSinkConfig(_Strict):
 class DuckDBSinkConfig(_WarehouseSinkConfig):
     type: Literal["duckdb"]
     path: Path
+    memory_limit: str | None = Field(default=None, pattern=r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$")
+    threads: int | None = Field(default=None, ge=1)
 
 
 class PostgresSinkConfig(_WarehouseSinkConfig):

@@ -96,7 +96,7 @@ def _warehouse_sink(cfg: DuckDBSinkConfig | PostgresSinkConfig, name: str, *, jo
         from sinks.warehouse.duckdb import duckdb_sink
 
         return duckdb_sink(name, cfg.path, job=job, names=names, soft_deletes=cfg.soft_deletes,
-                           primary_key=cfg.primary_key)
+                           primary_key=cfg.primary_key, memory_limit=cfg.memory_limit, threads=cfg.threads)
     from sinks.warehouse.postgres import postgres_sink
 
     return postgres_sink(name, cfg.dsn.get_secret_value(), job=job, names=names, soft_deletes=cfg.soft_deletes,

@@ -262,8 +262,10 @@ def test_postgres_target_types_and_special_values(target: PgDatabase) -> None:
     assert dict(catalog)["n"] == "numeric(12,2)" and dict(catalog)["ts"] == "timestamp with time zone"
 
 
-def test_postgres_target_keeps_unchanged_values_and_widens(target: PgDatabase) -> None:
-    """Unchanged values keep what the target stores; int4 -> int8 widens the target column; replays are skipped."""
+@pytest.mark.parametrize("use_merge", [None, False], ids=["merge", "delete-insert"])
+def test_postgres_target_keeps_unchanged_values_and_widens(target: PgDatabase, use_merge: bool | None) -> None:
+    """Unchanged values keep what the target stores; int4 -> int8 widens the target column; replays are skipped
+    (with MERGE, and with the DELETE + INSERT of servers before 15)."""
     tid = TableId("shop", "public", "w")
     v1 = TableSchema(tid, (Column("id", "int4", pgt.INT4, key=True), Column("n", "int4", pgt.INT4),
                            Column("body", "text", pgt.TEXT)))
@@ -271,8 +273,9 @@ def test_postgres_target_keeps_unchanged_values_and_widens(target: PgDatabase) -
     first = ChangeBatch(Position(100), [table(v1, [("c", Transaction(1, 100, TS), 1, 0, None, (b"1", b"1", b"kept"))])])
     second = ChangeBatch(Position(200), [table(v2, [
         ("u", Transaction(2, 200, TS), 1, 0, None, (b"1", b"9000000000", UNCHANGED))])])
-    run_sink(postgres_sink("postgres", target.dsn, job="j", soft_deletes=True), first, second)
-    run_sink(postgres_sink("postgres", target.dsn, job="j", soft_deletes=True), first, second)  # a replay
+    run_sink(postgres_sink("postgres", target.dsn, job="j", soft_deletes=True, use_merge=use_merge), first, second)
+    run_sink(postgres_sink("postgres", target.dsn, job="j", soft_deletes=True, use_merge=use_merge),
+             first, second)  # a replay
     assert target.query("SELECT id, n, body, _cdc_deleted FROM public.w") == [(1, 9000000000, "kept", False)]
     assert target.query("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
                         "WHERE attrelid = 'public.w'::regclass AND attname = 'n'") == [("bigint",)]
@@ -307,3 +310,23 @@ def test_a_refused_statement_reports_its_own_error_and_moves_nothing(target: PgD
         run_sink(postgres_sink("postgres", target.dsn, job="j"), batch)
     assert target.query("SELECT count(*) FROM public.w") == [(0,)]
     assert target.query("SELECT count(*) FROM _cdc_checkpoints") == [(0,)]
+
+
+@pytest.mark.parametrize("use_merge", [None, False], ids=["merge", "delete-insert"])
+def test_postgres_target_soft_deletes_and_truncate(target: PgDatabase, use_merge: bool | None) -> None:
+    """With soft_deletes a delete and a truncate mark rows; a key inserted again comes back alive."""
+    tid = TableId("shop", "public", "s")
+    schema = TableSchema(tid, (Column("id", "int4", pgt.INT4, key=True), Column("v", "text", pgt.TEXT)))
+
+    def batch(commit: int, *changes: tuple[str, bytes, bytes | None]) -> ChangeBatch:
+        t = Transaction(commit, commit, TS)
+        rows = [(op, t, i + 1, 0, (k, None) if op == "d" else None, None if op in "dt" else (k, v))
+                for i, (op, k, v) in enumerate(changes)]
+        return ChangeBatch(Position(commit), [table(schema, rows)])
+
+    run_sink(postgres_sink("postgres", target.dsn, job="j", soft_deletes=True, use_merge=use_merge),
+             batch(100, ("c", b"1", b"a"), ("c", b"2", b"b"), ("c", b"3", b"c")),
+             batch(200, ("d", b"1", None)),
+             batch(300, ("t", b"", None), ("c", b"3", b"again")))
+    assert target.query("SELECT id, v, _cdc_deleted, _cdc_synced_at IS NOT NULL FROM public.s ORDER BY id") == [
+        (1, "a", True, True), (2, "b", True, True), (3, "again", False, True)]

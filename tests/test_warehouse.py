@@ -307,3 +307,44 @@ def test_widening_a_duckdb_key_column_stops_with_what_to_do(tmp_path: Path) -> N
                   ChangeBatch(Position(200), [table(v2, [("c", tx(2), 1, 0, None, (b"2",))])]))
     assert rows(path, "SELECT position FROM _cdc_checkpoints") == [('{"commit":100}',)]
     assert rows(path, "SELECT id FROM public.k") == [(1,)]
+
+
+def test_snapshot_blocks_upsert_and_replayed_blocks_are_cut(tmp_path: Path) -> None:
+    """Columnar snapshot blocks (op r) upsert by key; a replayed block only applies the rows past the position."""
+    from cdc.events import RowBlock, TableChanges
+
+    codec = table(ORDERS, []).codec
+    snapshot = Transaction(0, 50, TS)
+
+    def block(first_seq: int, ids: list[int], note: bytes) -> ChangeBatch:
+        raw = pa.table({"0": pa.array([str(i).encode() for i in ids], pa.binary()),
+                        "1": pa.array([b"1.5"] * len(ids), pa.binary()), "2": pa.array([note] * len(ids), pa.binary())})
+        b = RowBlock(snapshot, first_seq, 0, raw, codec.columns_to_arrow)  # type: ignore[attr-defined]
+        return ChangeBatch(Position(50, first_seq + len(ids) - 1), [TableChanges(ORDERS, codec, block=b)])
+
+    path = tmp_path / "w.duckdb"
+    write_all(duckdb_sink("duckdb", path, job="j"), block(1, [1, 2], b"first"))
+    # After a crash the source resends from seq 1: rows 1-2 are held (skipped), row 3 is new.
+    write_all(duckdb_sink("duckdb", path, job="j"), block(1, [1, 2, 3], b"again"),
+              ChangeBatch(Position(100), orders(("u", tx(1), 1, 0, None, (b"2", b"7", UNCHANGED)))))
+    assert rows(path, "SELECT * FROM public.orders ORDER BY id") == [
+        (1, "1.5", "first"), (2, "7", "first"), (3, "1.5", "again")]
+
+
+def test_duckdb_settings_reach_the_connection(tmp_path: Path) -> None:
+    """memory_limit and threads from the config are DuckDB's settings on the sink's connection."""
+    from sinks.warehouse.duckdb import DuckDBEngine
+
+    engine = DuckDBEngine(tmp_path / "w.duckdb", memory_limit="256MB", threads=1)
+    engine.connect()
+    try:
+        assert engine.con.execute("SELECT current_setting('memory_limit'), current_setting('threads')").fetchall() == [
+            ("244.1 MiB", 1)]
+    finally:
+        engine.close()
+    job = parse_config(CONFIG.replace("soft_deletes: true}", "soft_deletes: true, memory_limit: 1GB, threads: 2}"),
+                       "cdc.yaml", {}).jobs[0]
+    assert isinstance(job.sinks[0], DuckDBSinkConfig)
+    assert (job.sinks[0].memory_limit, job.sinks[0].threads) == ("1GB", 2)
+    with pytest.raises(ConfigError, match=r"cdc.yaml:6: jobs\[0\].sinks\[0\].memory_limit"):
+        parse_config(CONFIG.replace("soft_deletes: true}", "soft_deletes: true, memory_limit: lots}"), "cdc.yaml", {})

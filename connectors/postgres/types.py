@@ -662,12 +662,9 @@ def _numeric_mapping(type_modifier: int) -> PgTypeMapping:
 
 def _decimal_builder(arrow_type: Any) -> Callable[[_Texts], Any]:
     def build(texts: _Texts) -> Any:
-        if isinstance(texts, pa.Array):
-            strings = _as_strings(texts)
-            finite = pc.if_else(pc.match_substring_regex(strings, "[A-Za-z]$"), None, strings)  # NaN -> null
-            return finite.cast(arrow_type)
-        finite = [None if t is None or t[-1:].isalpha() else t for t in texts]  # NaN -> null
-        return _as_strings(finite).cast(arrow_type)
+        strings = _as_strings(texts)
+        finite = pc.if_else(pc.ends_with(strings, "N"), None, strings)  # NaN -> null (the only non-number)
+        return finite.cast(arrow_type)
 
     return _columnar(build)
 

@@ -40,9 +40,15 @@ class DuckDBEngine:
     dialect = DUCKDB
     errors: tuple[type[BaseException], ...] = (duckdb.Error,)
     placeholder: sql.Composable = sql.SQL("?")
+    merge = False  # DELETE + INSERT beat MERGE on DuckDB 2.0
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, memory_limit: str | None = None, threads: int | None = None) -> None:
         self.path = path
+        self._settings: dict[str, str | bool | int | float | list[str]] = {}
+        if memory_limit is not None:
+            self._settings["memory_limit"] = memory_limit
+        if threads is not None:
+            self._settings["threads"] = threads
         self._con: duckdb.DuckDBPyConnection | None = None
 
     def describe(self) -> str:
@@ -60,7 +66,7 @@ class DuckDBEngine:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise duckdb.IOException(f"cannot create {self.path.parent}: {err.strerror}") from err
-            self._con = duckdb.connect(str(self.path))
+            self._con = duckdb.connect(str(self.path), config=self._settings)
 
     def execute(self, statement: sql.Composed, params: Sequence[object] = ()) -> None:
         self.con.execute(statement.as_string(None), list(params))
@@ -120,8 +126,8 @@ def _duckdb_infinities(rows: pa.Table) -> pa.Table:
 
 def duckdb_sink(
     name: str, path: Path, *, job: str, names: TargetNames | None = None, soft_deletes: bool = False,
-    primary_key: bool = True,
+    primary_key: bool = True, memory_limit: str | None = None, threads: int | None = None,
 ) -> WarehouseSink:
     """A warehouse sink writing into the DuckDB file `path` (created when missing)."""
-    engine = DuckDBEngine(path)
+    engine = DuckDBEngine(path, memory_limit=memory_limit, threads=threads)
     return WarehouseSink(name, engine, job=job, names=names, soft_deletes=soft_deletes, primary_key=primary_key)
