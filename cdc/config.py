@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from string import Formatter
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from psycopg.conninfo import make_conninfo
@@ -109,6 +110,53 @@ class PostgresSourceConfig(_Strict):
         return make_conninfo(dsn, **extra) if extra else dsn
 
 
+class MySqlSourceConfig(_Strict):
+    """A MySQL or MariaDB server's row binlog (docs/mysql.md).
+
+    The server is either `dsn` (``mysql://user[:password]@host[:port][/database]``) or
+    `host`, `port` and `user`; `password` may be given apart from the DSN.
+    """
+
+    type: Literal["mysql"]
+    host: str = "127.0.0.1"
+    port: int = Field(default=3306, ge=1, le=65535)
+    user: str = Field(min_length=1)
+    password: SecretStr = SecretStr("")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_dsn(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "dsn" not in data:
+            return data
+        out = dict(data)
+        dsn = out.pop("dsn")
+        text = dsn.get_secret_value() if isinstance(dsn, SecretStr) else str(dsn)
+        clash = sorted(k for k in ("host", "port", "user") if k in out)
+        if clash:
+            raise ValueError(f"give either dsn or {', '.join(clash)}, not both")
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError as err:
+            raise ValueError(f"dsn is not a mysql:// URL: {err}") from None
+        if parts.scheme not in ("mysql", "mariadb") or not parts.hostname or not parts.username:
+            raise ValueError("dsn must look like mysql://user[:password]@host[:port][/database]")
+        out.update(host=parts.hostname, user=unquote(parts.username))
+        if port is not None:
+            out["port"] = port
+        if parts.password is not None:
+            if "password" in out:
+                raise ValueError("give the password in dsn or in password, not both")
+            out["password"] = unquote(parts.password)
+        return out
+    server_id: int = Field(ge=1, le=4294967295)
+    connect_timeout_s: int = Field(default=10, ge=1)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    zero_dates: Literal["null", "fail"] = "null"
+    snapshot_lock: Literal["none", "flush"] = "none"
+
+
 class FileSinkConfig(_Strict):
     type: Literal["file"]
     name: str | None = None
@@ -117,7 +165,7 @@ class FileSinkConfig(_Strict):
     fsync: bool = True
 
 
-SourceConfig = Annotated[PostgresSourceConfig, Field(discriminator="type")]
+SourceConfig = Annotated[PostgresSourceConfig | MySqlSourceConfig, Field(discriminator="type")]
 #: Placeholders a topic (subject, stream key) template may use.
 TOPIC_PLACEHOLDERS = frozenset({"prefix", "source", "database", "schema", "table"})
 _TOPIC_PREFIX = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$"

@@ -11,6 +11,7 @@ from cdc.config import (
     FileSinkConfig,
     JobConfig,
     KafkaSinkConfig,
+    MySqlSourceConfig,
     NatsSinkConfig,
     PostgresSinkConfig,
     PostgresSourceConfig,
@@ -19,7 +20,7 @@ from cdc.config import (
 )
 from cdc.pipeline import Pipeline
 from cdc.sink import Sink, SourceInfo
-from cdc.source import BatchPolicy
+from cdc.source import BatchPolicy, Source
 
 
 def build_pipeline(job: JobConfig, checkpoints: CheckpointStore, state_dir: Path) -> Pipeline:
@@ -29,6 +30,7 @@ def build_pipeline(job: JobConfig, checkpoints: CheckpointStore, state_dir: Path
     progress, the spool of streamed transactions).
     """
     # Connectors and sinks are imported here so a job only loads what it uses.
+    source: Source
     if isinstance(job.source, PostgresSourceConfig):
         from connectors.postgres.source import PostgresSource
 
@@ -37,6 +39,12 @@ def build_pipeline(job: JobConfig, checkpoints: CheckpointStore, state_dir: Path
             snapshot_workers=job.snapshot_workers, snapshot_chunk_rows=job.snapshot_chunk_rows,
         )
         info = source.info
+    elif isinstance(job.source, MySqlSourceConfig):
+        from connectors.mysql.source import MySqlSource
+
+        mysql = MySqlSource(job.name, job.source, job.tables, state_dir=state_dir, snapshot=job.snapshot,
+                            snapshot_chunk_rows=job.snapshot_chunk_rows, snapshot_workers=job.snapshot_workers)
+        source, info = mysql, mysql.info
     sinks = [build_sink(cfg, name, info, job=job.name, checkpoints=checkpoints)
              for cfg, name in zip(job.sinks, job.sink_names(), strict=True)]
     p = job.pipeline

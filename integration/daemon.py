@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import pymysql
 import yaml
 
 if TYPE_CHECKING:
-    from integration.conftest import PgDatabase
+    from integration.conftest import MariaDatabase, PgDatabase
 
 #: The repository root: the daemon runs from here so ``-m cdc.cli`` imports this checkout.
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +90,49 @@ def job_config(
     shutdown_grace_s: float = 8.0,
 ) -> dict[str, Any]:
     """The config document of one job: postgres source, file sink, snapshot: never."""
+    source = {
+        "type": "postgres",
+        "dsn": dsn,
+        "slot": slot,
+        "publication": publication,
+        "connect_timeout_s": connect_timeout_s,
+        "heartbeat_interval_s": heartbeat_interval_s,
+        "status_interval_s": status_interval_s,
+    }
+    return job_document(files, source, include=include, max_wait_ms=max_wait_ms, shutdown_grace_s=shutdown_grace_s)
+
+
+def mysql_job_config(
+    files: JobFiles,
+    *,
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    database: str,
+    server_id: int = 4242,
+    snapshot: str = "never",
+    max_wait_ms: int = 50,
+    shutdown_grace_s: float = 8.0,
+    **source: Any,
+) -> dict[str, Any]:
+    """The config document of one job: mysql source on `database`, file sink."""
+    doc = {"type": "mysql", "host": host, "port": port, "user": user, "password": password,
+           "server_id": server_id, "connect_timeout_s": 5, "heartbeat_interval_s": 0.5, **source}
+    return job_document(files, doc, include=(f"{database}.*",), snapshot=snapshot, max_wait_ms=max_wait_ms,
+                        shutdown_grace_s=shutdown_grace_s)
+
+
+def job_document(
+    files: JobFiles,
+    source: Mapping[str, Any],
+    *,
+    include: Sequence[str],
+    snapshot: str = "never",
+    max_wait_ms: int = 50,
+    shutdown_grace_s: float = 8.0,
+) -> dict[str, Any]:
+    """The config document of one job reading `source` into a file sink under `files`."""
     return {
         "state_dir": str(files.state_dir),
         "log_level": "info",
@@ -97,17 +141,9 @@ def job_config(
         "jobs": [
             {
                 "name": files.job,
-                "source": {
-                    "type": "postgres",
-                    "dsn": dsn,
-                    "slot": slot,
-                    "publication": publication,
-                    "connect_timeout_s": connect_timeout_s,
-                    "heartbeat_interval_s": heartbeat_interval_s,
-                    "status_interval_s": status_interval_s,
-                },
+                "source": dict(source),
                 "tables": {"include": list(include)},
-                "snapshot": "never",
+                "snapshot": snapshot,
                 "sinks": [{"type": "file", "path": str(files.sink)}],
                 "pipeline": {"max_wait_ms": max_wait_ms},
                 "retry": {"initial_backoff_s": 0.2, "max_backoff_s": 1.0},
@@ -355,6 +391,10 @@ def apply_envelope(
 # -- a source workload -------------------------------------------------------------------------
 
 ITEMS_DDL = "CREATE TABLE items (id int PRIMARY KEY, name text, qty int, price numeric(12,2), updated timestamptz)"
+#: The same table in MySQL/MariaDB (`updated` in UTC: the writer's session time zone is UTC).
+MYSQL_ITEMS_DDL = (
+    "CREATE TABLE items (id int PRIMARY KEY, name text, qty int, price decimal(12,2), updated timestamp(6) NULL)"
+)
 
 
 class ChangeWriter:
@@ -363,9 +403,15 @@ class ChangeWriter:
 
     NAMES = ("widget", "gadget", 'say "hi"', "back\\slash", "new\nline", "Zürich ✓", "", None)
 
-    def __init__(self, pg: PgDatabase, seed: int) -> None:
+    def __init__(self, pg: PgDatabase | None, seed: int, *, mysql: MariaDatabase | None = None) -> None:
         self.rng = random.Random(seed)
-        self.conn = psycopg.connect(pg.dsn, connect_timeout=10)
+        self.conn: Any
+        if mysql is not None:  # MariaDB/MySQL: the same workload through PyMySQL, UTC session
+            self.conn = pymysql.connect(host=mysql.host, port=mysql.port, user=mysql.user, password=mysql.password,
+                                        database=mysql.dbname, charset="utf8mb4", init_command="SET time_zone='+00:00'")
+        else:
+            assert pg is not None
+            self.conn = psycopg.connect(pg.dsn, connect_timeout=10)
         self.live: list[int] = []
         self.next_id = 1
         self.transactions = 0
@@ -386,29 +432,37 @@ class ChangeWriter:
 
     def transaction(self) -> None:
         """Commit one transaction of 2 to 6 row changes."""
-        rng = self.rng
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            for _ in range(rng.randint(2, 6)):
-                roll = rng.random()
-                if roll < 0.45 or len(self.live) < 3:
-                    cur.execute("INSERT INTO items VALUES (%s, %s, %s, %s, %s)", (self.next_id, *self._values()))
-                    self.live.append(self.next_id)
-                    self.next_id += 1
-                elif roll < 0.75:
-                    name, qty, price, updated = self._values()
-                    cur.execute(
-                        "UPDATE items SET name = %s, qty = %s, price = %s, updated = %s WHERE id = %s",
-                        (name, qty, price, updated, rng.choice(self.live)),
-                    )
-                elif roll < 0.82:
-                    old = rng.choice(self.live)
-                    cur.execute("UPDATE items SET id = %s, qty = qty + 1 WHERE id = %s", (self.next_id, old))
-                    self.live[self.live.index(old)] = self.next_id
-                    self.next_id += 1
-                else:
-                    victim = self.live.pop(rng.randrange(len(self.live)))
-                    cur.execute("DELETE FROM items WHERE id = %s", (victim,))
+        if isinstance(self.conn, pymysql.connections.Connection):
+            with self.conn.cursor() as cur:
+                self._changes(cur)
+            self.conn.commit()
+        else:
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                self._changes(cur)
         self.transactions += 1
+
+    def _changes(self, cur: Any) -> None:
+        rng = self.rng
+        for _ in range(rng.randint(2, 6)):
+            roll = rng.random()
+            if roll < 0.45 or len(self.live) < 3:
+                cur.execute("INSERT INTO items VALUES (%s, %s, %s, %s, %s)", (self.next_id, *self._values()))
+                self.live.append(self.next_id)
+                self.next_id += 1
+            elif roll < 0.75:
+                name, qty, price, updated = self._values()
+                cur.execute(
+                    "UPDATE items SET name = %s, qty = %s, price = %s, updated = %s WHERE id = %s",
+                    (name, qty, price, updated, rng.choice(self.live)),
+                )
+            elif roll < 0.82:
+                old = rng.choice(self.live)
+                cur.execute("UPDATE items SET id = %s, qty = qty + 1 WHERE id = %s", (self.next_id, old))
+                self.live[self.live.index(old)] = self.next_id
+                self.next_id += 1
+            else:
+                victim = self.live.pop(rng.randrange(len(self.live)))
+                cur.execute("DELETE FROM items WHERE id = %s", (victim,))
 
 
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> None:

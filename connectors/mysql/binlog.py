@@ -1,0 +1,402 @@
+"""The one adapter around python-mysql-replication (`pymysqlreplication`).
+
+Nothing else in cdc imports the library. `BinlogReader` opens a binlog dump at a
+binlog file and position and turns the library's events into the small typed records
+below; everything the library gets wrong or does silently is handled here:
+
+* **Positions, never the library's GTID dump.** With ``is_mariadb=True`` the library
+  ignores `log_file`/`log_pos` and replays from the first binlog, and its MariaDB GTID
+  dump packet declares 14 bytes but sends 15 (the server drops the connection while
+  catching up on a backlog, and the library then reconnects from the original GTID).
+  The reader always dumps by file and position (``is_mariadb=False``,
+  ``resume_stream=True``), which MariaDB and MySQL both serve; GTIDs are read from the
+  stream (MariaDB GTID events, MySQL GTID events) and reported, not used to start.
+* **No silent reconnects.** The library reconnects on errors 2006/2013 from wherever
+  its own mutable `log_pos` points, which can be mid-transaction, and replays or skips
+  events without telling anyone. The stream connection here raises
+  `BinlogConnectionLost` instead, so the source fails with a retryable error and the
+  daemon restarts it from its own committed position.
+* **Schemas by table map, never by table id across a rotate.** Table ids are not
+  stable across server restarts; the reader forgets every table map on a rotate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pymysql
+import pymysql.connections
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.constants import FIELD_TYPE, NONE_SOURCE
+from pymysqlreplication.event import (
+    GtidEvent,
+    HeartbeatLogEvent,
+    MariadbGtidEvent,
+    QueryEvent,
+    RotateEvent,
+    XidEvent,
+)
+from pymysqlreplication.row_event import DeleteRowsEvent, RowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
+
+from connectors.mysql.rows import RowColumn, RowDecoder, compile_decoder, text_encoding
+
+#: The client error codes of a lost connection (CR_SERVER_GONE_ERROR, CR_SERVER_LOST).
+_LOST = frozenset({2006, 2013})
+
+
+class BinlogConnectionLost(Exception):
+    """The binlog dump connection dropped; the caller restarts from its own position."""
+
+
+class _NoSilentReconnect(pymysql.connections.Connection):
+    """A connection whose lost-connection errors the library cannot swallow.
+
+    It also takes the library's deprecated ``db`` keyword as ``database`` (PyMySQL warns).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if "db" in kwargs:
+            kwargs["database"] = kwargs.pop("db")
+        super().__init__(*args, **kwargs)
+
+    def _read_packet(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._read_packet(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except pymysql.OperationalError as err:
+            if err.args and err.args[0] in _LOST:
+                raise BinlogConnectionLost(str(err.args[-1])) from err
+            raise
+
+
+@dataclass(frozen=True, slots=True)
+class BinlogColumn:
+    """One column of a table map, with the metadata ``binlog_row_metadata=FULL`` sends."""
+
+    name: str
+    type_code: int
+    unsigned: bool = False
+    primary: bool = False
+    precision: int = 0  # DECIMAL
+    scale: int = 0  # DECIMAL
+    fsp: int = 0  # DATETIME2, TIMESTAMP2, TIME2 fractional digits
+    bits: int = 0  # BIT(n)
+    binary: bool = False  # BINARY/VARBINARY/BLOB (charset 'binary')
+    enum_values: tuple[str, ...] = ()
+    set_values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TableMap:
+    """A table as a table map event describes it (the schema of the rows that follow)."""
+
+    database: str
+    table: str
+    columns: tuple[BinlogColumn, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TxStart:
+    """A transaction begins (a GTID event, or ``BEGIN`` without one) at `start`."""
+
+    start: int  # binlog position of its first event in `file`
+    file: str
+    gtid: str | None
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """The row images of one rows event of `table`: ``(before, after)`` per row, in order.
+
+    Each image is a tuple of column values in table-map order as the library decoded
+    them; `flags` marks values the library returned as None for a reason other than
+    NULL (``(row, side, column, source)``, side 0 before and 1 after: zero dates, the
+    empty SET).
+    """
+
+    op: str  # "c", "u", "d"
+    table: TableMap
+    images: list[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]]
+    flags: list[tuple[int, int, int, str]]
+    end: int  # binlog position after the event
+
+
+@dataclass(frozen=True, slots=True)
+class TxCommit:
+    """The transaction commits (an XID event, or a ``COMMIT`` query)."""
+
+    xid: int
+    timestamp: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """A statement outside any transaction (DDL): a transaction of its own."""
+
+    database: str
+    query: str
+    start: int
+    end: int
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rotate:
+    """The dump moves to binlog `file` at `position` (also sent first on every connect)."""
+
+    file: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """A heartbeat: the server has nothing more right now; `end` is where the dump is."""
+
+    file: str
+    end: int
+
+
+BinlogRecord = TxStart | Rows | TxCommit | Statement | Rotate | Idle
+
+#: Values the library reports as None that are not SQL NULL.
+EMPTY_SET = NONE_SOURCE.EMPTY_SET
+ZERO_DATE = frozenset({NONE_SOURCE.OUT_OF_DATE_RANGE, NONE_SOURCE.OUT_OF_DATETIME_RANGE,
+                       NONE_SOURCE.OUT_OF_DATETIME2_RANGE})
+
+_EVENTS = [GtidEvent, MariadbGtidEvent, QueryEvent, XidEvent, RotateEvent, HeartbeatLogEvent,
+           TableMapEvent, WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent]
+_BINARY_CHARSETS = frozenset({"binary", None})
+_TEXT_TYPES = frozenset({FIELD_TYPE.VARCHAR, FIELD_TYPE.STRING, FIELD_TYPE.VAR_STRING, FIELD_TYPE.BLOB})
+
+
+def _row_column(col: Any) -> RowColumn:
+    """What the compiled row decoder (connectors/mysql/rows.py) needs of a library column."""
+    name = col.character_set_name
+    encoding = text_encoding(RowsEvent.charset_to_encoding(name) if name is not None else "utf-8") \
+        if col.type in _TEXT_TYPES else None
+    return RowColumn(
+        type_code=int(col.type), unsigned=bool(col.unsigned), max_length=int(getattr(col, "max_length", 0) or 0),
+        length_size=int(getattr(col, "length_size", 0) or 0), size=int(getattr(col, "size", 0) or 0),
+        fsp=int(getattr(col, "fsp", 0) or 0), precision=int(getattr(col, "precision", 0) or 0),
+        scale=int(getattr(col, "decimals", 0) or 0), bits=int(getattr(col, "bits", 0) or 0), encoding=encoding,
+        enum_values=tuple(col.enum_values or ()), set_values=tuple(col.set_values or ()),
+    )
+
+
+def _column(col: Any) -> BinlogColumn:
+    binary = col.type in _TEXT_TYPES and (col.character_set_name in _BINARY_CHARSETS
+                                          or col.collation_name == "binary")
+    return BinlogColumn(
+        name=str(col.name),
+        type_code=int(col.type),
+        unsigned=bool(col.unsigned),
+        primary=bool(col.is_primary),
+        precision=int(getattr(col, "precision", 0) or 0),
+        scale=int(getattr(col, "decimals", 0) or 0),
+        fsp=int(getattr(col, "fsp", 0) or 0),
+        bits=int(getattr(col, "bits", 0) or 0),
+        binary=binary,
+        enum_values=tuple(col.enum_values[1:]) if col.enum_values else (),
+        set_values=tuple(col.set_values or ()),
+    )
+
+
+class BinlogReader:
+    """A binlog dump from (`log_file`, `log_pos`) on, as `BinlogRecord`s.
+
+    Blocking (run it in a worker thread). The server sends a heartbeat every
+    `heartbeat_s` when idle, which comes out as `Idle`; a connection silent for
+    `read_timeout_s` is dead and raises `BinlogConnectionLost`, as does any drop.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        user: str,
+        password: str,
+        server_id: int,
+        log_file: str,
+        log_pos: int,
+        schemas: list[str] | None,
+        heartbeat_s: float = 1.0,
+        read_timeout_s: float = 30.0,
+        connect_timeout_s: int = 10,
+        compiled_rows: bool = True,
+    ) -> None:
+        """`compiled_rows`: decode row images with connectors/mysql/rows.py where it knows every
+        column type (the library decodes the rest)."""
+        self.compiled_rows = compiled_rows
+        settings = {
+            "host": host, "port": port, "user": user, "password": password,
+            "connect_timeout": connect_timeout_s, "read_timeout": read_timeout_s,
+            "charset": "utf8mb4",
+        }
+        self._reader = BinLogStreamReader(
+            connection_settings=settings,
+            server_id=server_id,
+            resume_stream=True,
+            blocking=True,
+            log_file=log_file,
+            log_pos=log_pos,
+            is_mariadb=False,  # never the library's GTID dump: see the module docstring
+            only_events=_EVENTS,
+            only_schemas=schemas,
+            slave_heartbeat=heartbeat_s,
+            pymysql_wrapper=_NoSilentReconnect,
+            enable_logging=False,
+        )
+        self._file = log_file
+        self._maps: dict[int, TableMap] = {}  # table id -> map, within the current binlog file only
+        self._decoders: dict[int, RowDecoder | None] = {}
+        self._compiled: dict[tuple[RowColumn, ...], RowDecoder | None] = {}  # by column types, across files
+        #: Rows events decoded by the compiled decoder and by the library (for tests and logs).
+        self.decoded = {"compiled": 0, "library": 0}
+        self._in_tx = False
+
+    @property
+    def file(self) -> str:
+        return self._file
+
+    @property
+    def connection_id(self) -> int | None:
+        """The server's id of the dump connection (``SHOW PROCESSLIST``), once connected."""
+        conn = getattr(self._reader, "_stream_connection", None)
+        return int(conn.thread_id()) if conn is not None and conn.open else None
+
+    def close(self) -> None:
+        with contextlib.suppress(pymysql.Error, OSError, BinlogConnectionLost):
+            self._reader.close()
+
+    def records(self) -> Iterator[BinlogRecord]:
+        """Records in binlog order, forever (until the connection is lost or closed)."""
+        try:
+            yield from self._records()
+        except pymysql.OperationalError as err:
+            raise BinlogConnectionLost(str(err.args[-1]) if err.args else str(err)) from err
+        except (OSError, struct.error) as err:
+            raise BinlogConnectionLost(str(err)) from err
+
+    def _records(self) -> Iterator[BinlogRecord]:
+        while True:
+            event = self._reader.fetchone()
+            if event is None:
+                raise BinlogConnectionLost("the server ended the binlog dump")
+            packet = event.packet
+            end = int(packet.log_pos)
+            if isinstance(event, RotateEvent):
+                self._file = str(event.next_binlog)
+                self._maps.clear()
+                self._decoders.clear()
+                yield Rotate(self._file, int(event.position))
+            elif isinstance(event, TableMapEvent):
+                self._maps[int(event.table_id)] = TableMap(
+                    str(event.schema), str(event.table), tuple(_column(c) for c in event.columns)
+                )
+                self._decoders[int(event.table_id)] = self._decoder(event.columns)
+            elif isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
+                yield self._rows(event, end)
+            elif isinstance(event, MariadbGtidEvent | GtidEvent):
+                self._in_tx = True
+                yield TxStart(end - int(packet.event_size), self._file, str(event.gtid), int(event.timestamp))
+            elif isinstance(event, XidEvent):
+                self._in_tx = False
+                yield TxCommit(int(event.xid), int(event.timestamp), end)
+            elif isinstance(event, QueryEvent):
+                query = str(event.query).strip()
+                word = query[:9].upper()
+                if word.startswith("BEGIN") or word.startswith("XA START"):
+                    if not self._in_tx:  # no GTID event came first (MySQL without GTIDs)
+                        yield TxStart(end - int(packet.event_size), self._file, None, int(event.timestamp))
+                    self._in_tx = True
+                elif word.startswith("COMMIT") or word.startswith("XA END"):
+                    self._in_tx = False
+                    yield TxCommit(0, int(event.timestamp), end)
+                else:
+                    start = end - int(packet.event_size)
+                    database = event.schema.decode("utf-8", "replace") if isinstance(event.schema, bytes) \
+                        else str(event.schema)
+                    self._in_tx = False
+                    yield Statement(database, query, start, end, int(event.timestamp))
+            elif isinstance(event, HeartbeatLogEvent) and not self._in_tx:
+                yield Idle(self._file, end)
+
+    def _decoder(self, columns: Any) -> RowDecoder | None:
+        if not self.compiled_rows:
+            return None
+        shape = tuple(_row_column(c) for c in columns)
+        if shape not in self._compiled:
+            self._compiled[shape] = compile_decoder(shape)
+        return self._compiled[shape]
+
+    def _rows(self, event: Any, end: int) -> Rows:
+        table = self._maps.get(int(event.table_id))
+        if table is None:
+            raise BinlogConnectionLost(f"rows of table id {event.table_id} without a table map")
+        decoder = self._decoders.get(int(event.table_id))
+        full = b"\xff" * (len(table.columns) // 8) + (bytes([(1 << (len(table.columns) % 8)) - 1])
+                                                       if len(table.columns) % 8 else b"")
+        if (
+            decoder is not None
+            and event.columns_present_bitmap == full
+            and getattr(event, "columns_present_bitmap2", full) == full
+        ):
+            op = "u" if isinstance(event, UpdateRowsEvent) else "c" if isinstance(event, WriteRowsEvent) else "d"
+            packet = event.packet
+            decoded, flagged = decoder(packet.read(event.event_size - packet.read_bytes), op)
+            self.decoded["compiled"] += 1
+            return Rows(op, table, decoded, flagged, end)
+        self.decoded["library"] += 1
+        images: list[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]] = []
+        flags: list[tuple[int, int, int, str]] = []
+        names = [c.name for c in table.columns]
+        if isinstance(event, UpdateRowsEvent):
+            op = "u"
+            for n, row in enumerate(event.rows):
+                before, after = row["before_values"], row["after_values"]
+                images.append((tuple(before.values()), tuple(after.values())))
+                for side, key in enumerate(("before_none_sources", "after_none_sources")):
+                    for name, source in row[key].items():
+                        if source != NONE_SOURCE.NULL:
+                            flags.append((n, side, names.index(name), source))
+        else:
+            op = "c" if isinstance(event, WriteRowsEvent) else "d"
+            for n, row in enumerate(event.rows):
+                image = tuple(row["values"].values())
+                images.append((None, image) if op == "c" else (image, None))
+                for name, source in row["none_sources"].items():
+                    if source != NONE_SOURCE.NULL:
+                        flags.append((n, 1 if op == "c" else 0, names.index(name), source))
+        return Rows(op, table, images, flags, end)
+
+
+def plain_row_iteration(*, host: str, port: int, user: str, password: str, server_id: int, log_file: str,
+                        log_pos: int, end_file: str, end_pos: int) -> int:
+    """The library's own row iteration from (`log_file`, `log_pos`) to (`end_file`, `end_pos`):
+    every row of every rows event decoded, nothing else done; returns the row count.
+
+    The benchmark's floor (bench/mysql_stream.py): what python-mysql-replication costs alone.
+    """
+    reader = BinLogStreamReader(
+        connection_settings={"host": host, "port": port, "user": user, "password": password},
+        server_id=server_id, resume_stream=True, blocking=False, log_file=log_file, log_pos=log_pos,
+        only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, RotateEvent],
+        pymysql_wrapper=_NoSilentReconnect, enable_logging=False,
+    )
+    rows = 0
+    try:
+        for event in reader:
+            if isinstance(event, RotateEvent):
+                continue
+            rows += len(event.rows)
+            if reader.log_file == end_file and reader.log_pos >= end_pos:
+                break
+    finally:
+        reader.close()
+    return rows

@@ -1,0 +1,601 @@
+"""The MySQL/MariaDB source: the row binlog into `ChangeBatch`es of whole transactions.
+
+Start-up (`start`) checks the server (connectors/mysql/catalog.py), selects the tables,
+and decides where to read: from the sinks' position (connectors/mysql/positions.py),
+from a fresh consistent snapshot (connectors/mysql/snapshot.py), or from the server's
+current position. Streaming (`batches`) reads `BinlogRecord`s from the adapter
+(connectors/mysql/binlog.py, the only module that imports python-mysql-replication) in a
+worker thread, through a bounded queue, and appends normalised rows into per-table
+buffers of the open batch. The checkpoint only moves at a commit (XID) or after a
+statement of its own (DDL); a giant transaction is cut into chunks whose positions
+name the last event in them.
+
+A table's schema and codec come from its table map (column names, types, signedness,
+primary key: ``binlog_row_metadata=FULL``) refined by the catalog (MariaDB's JSON, UUID,
+INET6), cached by the table's name and table-map columns, never by table id, and
+forgotten after every DDL statement, so an ``ALTER TABLE`` mid-stream shows in the next
+events' schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import structlog
+
+from cdc.config import MySqlSourceConfig, TablesConfig
+from cdc.errors import (
+    CdcError,
+    DecodeError,
+    MissingTableError,
+    SourceConnectionError,
+    SourceSetupError,
+    first_line,
+)
+from cdc.events import ChangeBatch, Column, Position, RawRow, RowChange, TableChanges, TableId, TableSchema, Transaction
+from cdc.sink import SourceInfo
+from cdc.source import BatchPolicy
+from connectors.mysql import catalog
+from connectors.mysql import positions as pos
+from connectors.mysql.binlog import (
+    EMPTY_SET,
+    ZERO_DATE,
+    BinlogConnectionLost,
+    BinlogReader,
+    BinlogRecord,
+    Idle,
+    Rotate,
+    Rows,
+    Statement,
+    TableMap,
+    TxCommit,
+    TxStart,
+)
+from connectors.mysql.snapshot import Chunk, SnapshotReader, SnapshotTable, describe_table, sql_type
+from connectors.mysql.types import MySqlColumnType, MySqlRowCodec
+
+log = structlog.get_logger(__name__)
+
+#: Records queued between the reader thread and the event loop (each at most one rows event).
+_QUEUE_RECORDS = 2_000
+
+
+class BinlogPurgedError(SourceSetupError):
+    """The binlog file the job must resume from is gone from the server."""
+
+
+@dataclass(slots=True)
+class _Table:
+    schema: TableSchema
+    codec: MySqlRowCodec
+    normalise: list[tuple[int, Callable[[Any], Any]]]
+    append: Callable[[RowChange], None] | None = None
+
+
+class _OpenBatch:
+    __slots__ = ("complete", "events", "filling", "nbytes", "opened", "tables")
+
+    def __init__(self) -> None:
+        self.filling: list[_Table] = []
+        self.tables: list[TableChanges] = []
+        self.events = 0
+        self.nbytes = 0
+        self.opened = time.monotonic()
+        self.complete: Position | None = None
+
+    def segment(self, rel: _Table) -> Callable[[RowChange], None]:
+        seg = TableChanges(rel.schema, rel.codec)
+        self.tables.append(seg)
+        self.filling.append(rel)
+        rel.append = seg.changes.append
+        return rel.append
+
+    def full(self, max_events: int, max_bytes: int) -> bool:
+        return self.events >= max_events or self.nbytes >= max_bytes
+
+    def cut(self, position: Position) -> ChangeBatch:
+        out = ChangeBatch(position, self.tables, self.nbytes)
+        for rel in self.filling:
+            rel.append = None
+        self.filling = []
+        self.tables, self.events, self.nbytes, self.complete = [], 0, 0, None
+        return out
+
+
+class _Pump:
+    """Runs the blocking `BinlogReader` in a thread, into a bounded queue."""
+
+    def __init__(self, reader: BinlogReader) -> None:
+        self.reader = reader
+        self.queue: queue.Queue[BinlogRecord | BaseException] = queue.Queue(_QUEUE_RECORDS)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cdc-binlog", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for record in self.reader.records():
+                while not self._stop.is_set():
+                    try:
+                        self.queue.put(record, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as err:  # handed to the event loop, which raises it
+            if not self._stop.is_set():
+                self.queue.put(err)
+
+    def take(self, max_records: int, timeout: float) -> list[BinlogRecord | BaseException]:
+        """Up to `max_records` records, waiting at most `timeout` s for the first (blocking)."""
+        try:
+            out = [self.queue.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while len(out) < max_records:
+            try:
+                out.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        self.reader.close()
+        self._thread.join(timeout=5)
+
+
+class MySqlSource:
+    """`{type: mysql, host, port, user, password, server_id}`: see the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        config: MySqlSourceConfig,
+        tables: TablesConfig,
+        *,
+        state_dir: Path | None = None,
+        snapshot: str = "never",
+        snapshot_chunk_rows: int = 50_000,
+        snapshot_workers: int = 1,
+    ) -> None:
+        self.name = name
+        self._workers = snapshot_workers
+        self._config = config
+        self._tables_config = tables
+        self.where = f"job {name}: mysql {config.host}:{config.port}"
+        databases = sorted({p.split(".", 1)[0] for p in tables.include})
+        self.info = SourceInfo("mysql", name, databases[0] if len(databases) == 1 and "*" not in databases[0] else "")
+        state = state_dir if state_dir is not None else Path(tempfile.gettempdir()) / "cdc-state"
+        #: Where the job first started streaming (used until a sink holds a position).
+        self._bookmark = state / f"{name}.mysql-start.json"
+        self._snapshot_mode = snapshot
+        self._chunk_rows = snapshot_chunk_rows
+        self._selected: set[tuple[str, str]] = set()
+        self._tables: dict[tuple[str, str, tuple[tuple[str, int], ...]], _Table] = {}
+        self._base = ""
+        self._start: tuple[int, int] = (0, 0)  # (file index, offset) the dump starts at
+        self._snapshot: SnapshotReader | None = None
+        self._snapshot_tables: list[tuple[str, str]] = []
+        self._snapshot_truncates = False
+        self._pump: _Pump | None = None
+        self._ctl: pymysql.connections.Connection[Any] | None = None
+        self.zero_dates = 0  # zero dates delivered as NULL (a counter for metrics)
+        #: Snapshot progress per table (rows, rows/s, done), for /status.
+        self.snapshot_status: dict[str, dict[str, Any]] = {}
+        self._log = log.bind(job=name, source="mysql")
+
+    def _read_bookmark(self) -> tuple[int, int] | None:
+        try:
+            doc = json.loads(self._bookmark.read_bytes())
+            return int(doc["index"]), int(doc["offset"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SourceSetupError(f"{self.where}: unreadable {self._bookmark} ({err}); delete it to start "
+                                   "from the current binlog position") from err
+
+    def _write_bookmark(self, start: tuple[int, int]) -> None:
+        self._bookmark.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._bookmark.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump({"index": start[0], "offset": start[1]}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._bookmark)
+
+    def _connect(self) -> pymysql.connections.Connection[Any]:
+        c = self._config
+        return catalog.connect(c.host, c.port, c.user, c.password.get_secret_value(), c.connect_timeout_s, self.where)
+
+    # -- start-up ---------------------------------------------------------------------
+
+    async def start(self, resume_from: Position | None) -> None:
+        await asyncio.to_thread(self._start_blocking, resume_from)
+
+    def _start_blocking(self, resume_from: Position | None) -> None:
+        cfg = self._config
+        conn = self._connect()
+        self._ctl = conn
+        try:
+            snapshots = self._snapshot_mode in ("initial", "initial_only")
+            reload = None if cfg.snapshot_lock == "none" else True
+            server = catalog.check_server(conn, self.where, cfg.server_id, reload if snapshots else False)
+            tables = catalog.select_tables(conn, self._tables_config.include, self._tables_config.exclude, self.where)
+            if not tables:
+                raise MissingTableError(
+                    f"{self.where}: no table matches tables.include {self._tables_config.include}; "
+                    "name tables as <database>.<table> globs"
+                )
+            self._selected = set(tables)
+            logs = catalog.binary_logs(conn)
+            if not logs:
+                raise SourceSetupError(f"{self.where}: the server lists no binary logs; is log_bin on?")
+            self._base = logs[0].rpartition(".")[0]
+            have = {pos.file_index(n) for n in logs}
+            snapshot_pending = resume_from is None or (not resume_from.whole and resume_from.commit & 1 == 1)
+            if snapshot_pending and self._snapshot_mode in ("initial", "initial_only"):
+                self._snapshot = SnapshotReader(self._connect, mariadb=server.mariadb, workers=self._workers,
+                                                lock=cfg.snapshot_lock == "flush" or not server.mariadb)
+                self._snapshot_tables = sorted(tables)
+                # Sinks holding part of an interrupted snapshot (an earlier, older consistent point)
+                # get each table truncated first: rows deleted since that point must not survive.
+                self._snapshot_truncates = resume_from is not None
+                self._start = (pos.file_index(self._snapshot.file), self._snapshot.position)
+                self._log.info("snapshot_started", mode=self._snapshot_mode, tables=len(tables),
+                               consistent_point=f"{self._snapshot.file}:{self._snapshot.position}")
+                return
+            if resume_from is None:
+                # The sinks hold nothing yet: start where the first run started (the source's
+                # bookmark, as a slot would keep it), so a retry before the first durable
+                # batch loses nothing written since.
+                bookmark = self._read_bookmark()
+                if bookmark is None:
+                    file, offset = catalog.current_position(conn)
+                    bookmark = (pos.file_index(file), offset)
+                    self._write_bookmark(bookmark)
+                self._start = bookmark
+                if self._start[0] not in have:
+                    raise BinlogPurgedError(
+                        f"{self.where}: the job started at binlog {pos.file_name(self._base, self._start[0])}, "
+                        f"which the server has purged (oldest: {logs[0]}); delete {self._bookmark} to start "
+                        "from the current position (changes since the first start are lost to this job)"
+                    )
+            else:
+                self._start = pos.resume_point(resume_from)
+                if self._start[0] not in have:
+                    raise BinlogPurgedError(
+                        f"{self.where}: the sinks need binlog {pos.file_name(self._base, self._start[0])} at "
+                        f"{self._start[1]}, which the server has purged (oldest: {logs[0]}); changes since are "
+                        "lost to this job: delete the sinks' data and the job's state to re-snapshot, and keep "
+                        "binlogs longer (binlog_expire_logs_seconds)"
+                    )
+        except pymysql.Error as err:
+            raise SourceConnectionError(f"{self.where}: {first_line(err)}") from err
+
+    def _open_stream(self) -> None:
+        cfg = self._config
+        index, offset = self._start
+        databases = sorted({d for d, _ in self._selected})
+        reader = BinlogReader(
+            host=cfg.host, port=cfg.port, user=cfg.user, password=cfg.password.get_secret_value(),
+            server_id=cfg.server_id, log_file=pos.file_name(self._base, index), log_pos=offset,
+            schemas=databases, heartbeat_s=cfg.heartbeat_interval_s, read_timeout_s=cfg.read_timeout_s,
+            connect_timeout_s=cfg.connect_timeout_s,
+        )
+        self._pump = _Pump(reader)
+        self._log.info("replication_started", binlog=pos.file_name(self._base, index), offset=offset,
+                       tables=len(self._selected))
+
+    # -- snapshot ---------------------------------------------------------------------
+
+    async def _snapshot_batches(self, policy: BatchPolicy, stop: asyncio.Event) -> AsyncIterator[ChangeBatch]:
+        """The snapshot's rows as ``op=r`` at ``Position(before(consistent point), n)``.
+
+        One thread per snapshot connection reads chunks (primary-key ranges) from a shared
+        list into a bounded queue; this loop appends them to batches in arrival order.
+        """
+        reader = self._snapshot
+        assert reader is not None and self._ctl is not None
+        point = pos.before(*self._start)
+        tx = Transaction(0, point, datetime.now(UTC))
+        seq = 0
+        b = _OpenBatch()
+        fetch_rows = min(self._chunk_rows, policy.max_events)
+        halt = threading.Event()
+        out: queue.Queue[tuple[Chunk, list[RawRow] | None] | BaseException | None] = queue.Queue(
+            2 * len(reader.connections))
+        threads: list[threading.Thread] = []
+        try:
+            tables: list[SnapshotTable] = []
+            rels: dict[str, _Table] = {}
+            for database, table in self._snapshot_tables:
+                st = await asyncio.to_thread(describe_table, self._ctl, self.name, database, table)
+                tables.append(st)
+                rel = rels[str(st.schema.table)] = _Table(st.schema, st.codec, [])
+                if self._snapshot_truncates:
+                    seq += 1
+                    # A transaction object of its own: envelopes mark the reads of `tx` as snapshot reads.
+                    truncate = Transaction(0, point, tx.commit_ts)
+                    (rel.append or b.segment(rel))(("t", truncate, seq, point, None, None))
+                    b.events += 1
+            work: queue.SimpleQueue[Chunk] = queue.SimpleQueue()
+            pending: dict[str, int] = {}
+            for st in tables:
+                chunks = await asyncio.to_thread(reader.plan, st, self._chunk_rows)
+                pending[str(st.schema.table)] = len(chunks)
+                for chunk in chunks:
+                    work.put(chunk)
+
+            def deliver(item: tuple[Chunk, list[RawRow] | None] | BaseException | None) -> None:
+                while not halt.is_set():  # once halted nobody reads: drop it
+                    try:
+                        out.put(item, timeout=0.2)
+                        return
+                    except queue.Full:
+                        continue
+
+            def read(worker: int) -> None:
+                try:
+                    while not halt.is_set():
+                        try:
+                            chunk = work.get_nowait()
+                        except queue.Empty:
+                            return
+                        for rows in reader.rows(chunk, fetch_rows, worker):
+                            deliver((chunk, rows))
+                            if halt.is_set():
+                                return
+                        deliver((chunk, None))
+                except BaseException as err:  # handed to the event loop, which raises it
+                    deliver(err)
+                finally:
+                    deliver(None)
+
+            threads = [threading.Thread(target=read, args=(n,), name=f"cdc-snapshot-{n}", daemon=True)
+                       for n in range(len(reader.connections))]
+            for thread in threads:
+                thread.start()
+            running = len(threads)
+            started = shown = time.monotonic()
+            self._log.info("snapshot_reading", tables=len(tables), chunks=sum(pending.values()), workers=running)
+            while running:
+                item = await asyncio.to_thread(out.get)
+                if item is None:
+                    running -= 1
+                    continue
+                if isinstance(item, BaseException):
+                    if isinstance(item, pymysql.Error):
+                        raise SourceConnectionError(f"{self.where}: snapshot: {first_line(item)}") from item
+                    raise item
+                chunk, rows = item
+                st = chunk.table
+                name = str(st.schema.table)
+                if rows is None:
+                    pending[name] -= 1
+                    if not pending[name]:
+                        elapsed = time.monotonic() - started
+                        done = {"rows": st.rows, "rows_per_s": round(st.rows / elapsed) if elapsed > 0 else None,
+                                "done": True}
+                        self.snapshot_status[name] = done
+                        self._log.info("snapshot_table_done", table=name, **done)
+                    continue
+                rel = rels[name]
+                append = rel.append or b.segment(rel)
+                for row in rows:
+                    seq += 1
+                    append(("r", tx, seq, point, None, row))
+                b.events += len(rows)
+                b.nbytes += 64 * len(rows) * max(len(st.schema.columns), 1)
+                st.rows += len(rows)
+                if time.monotonic() - shown >= 2:
+                    shown = time.monotonic()
+                    for t in tables:
+                        if not self.snapshot_status.get(str(t.schema.table), {}).get("done"):
+                            progress = {"rows": t.rows, "rows_per_s": round(t.rows / (shown - started)),
+                                        "done": False}
+                            self.snapshot_status[str(t.schema.table)] = progress
+                            self._log.info("snapshot_progress", table=str(t.schema.table), **progress)
+                if b.full(policy.max_events, policy.max_bytes):
+                    yield b.cut(tx.position(seq))
+                if stop.is_set():
+                    if b.events:
+                        yield b.cut(tx.position(seq))
+                    return
+            yield b.cut(tx.position())
+        except pymysql.Error as err:
+            raise SourceConnectionError(f"{self.where}: snapshot: {first_line(err)}") from err
+        finally:
+            halt.set()
+            while True:  # unblock readers waiting on a full queue
+                try:
+                    out.get_nowait()
+                except queue.Empty:
+                    break
+            for thread in threads:
+                await asyncio.to_thread(thread.join, 5)
+            self._snapshot = None
+            await asyncio.to_thread(reader.close)
+
+    # -- streaming --------------------------------------------------------------------
+
+    async def batches(self, policy: BatchPolicy, stop: asyncio.Event) -> AsyncIterator[ChangeBatch]:
+        if self._snapshot is not None:
+            async for batch in self._snapshot_batches(policy, stop):
+                yield batch
+            if self._snapshot_mode == "initial_only" or stop.is_set():
+                return
+        await asyncio.to_thread(self._open_stream)
+        pump = self._pump
+        assert pump is not None
+        max_events, max_bytes, max_wait = policy.max_events, policy.max_bytes, policy.max_wait_s
+        b = _OpenBatch()
+        index = self._start[0]
+        last_yielded = Position(pos.before(*self._start))
+        tx: Transaction | None = None
+        seq = 0
+        gtid: str | None = None
+
+        def emit(position: Position) -> ChangeBatch:
+            nonlocal last_yielded
+            last_yielded = position
+            return b.cut(position)
+
+        while not stop.is_set():
+            wait = max_wait if not b.events else max(0.001, max_wait - (time.monotonic() - b.opened))
+            records = await asyncio.to_thread(pump.take, 512, min(wait, 0.5))
+            for rec in records:
+                if isinstance(rec, BaseException):
+                    if isinstance(rec, BinlogConnectionLost):
+                        raise SourceConnectionError(
+                            f"{self.where}: binlog connection lost ({rec}); restarting from the last checkpoint"
+                        ) from rec
+                    if isinstance(rec, CdcError):
+                        raise rec
+                    raise DecodeError(f"{self.where}: cannot decode the binlog: {first_line(rec)}") from rec
+                if isinstance(rec, Rows):
+                    if tx is None:
+                        continue  # rows outside a transaction (cannot happen with a row binlog)
+                    key = (rec.table.database, rec.table.table)
+                    if key not in self._selected:
+                        continue
+                    rel = await self._table(rec.table)
+                    seq = self._append_rows(b, rel, rec, tx, seq, index)
+                    if b.full(max_events, max_bytes):
+                        yield emit(tx.position(seq))  # a chunk of a giant transaction
+                elif isinstance(rec, TxStart):
+                    index = pos.file_index(rec.file)
+                    tx = Transaction(0, pos.transaction_commit(index, rec.start),
+                                     datetime.fromtimestamp(rec.timestamp, UTC))
+                    seq = 0
+                    gtid = rec.gtid
+                elif isinstance(rec, TxCommit):
+                    if tx is not None:
+                        tx.xid = rec.xid
+                        tx.commit_ts = datetime.fromtimestamp(rec.timestamp, UTC)
+                        b.complete, tx = tx.position(), None
+                        if b.full(max_events, max_bytes) or time.monotonic() - b.opened >= max_wait:
+                            yield emit(b.complete)
+                elif isinstance(rec, Statement):
+                    # DDL (or any statement of its own): refresh schemas; the checkpoint may move past it.
+                    self._tables.clear()
+                    commit = tx.commit if tx is not None else pos.transaction_commit(index, rec.start)
+                    tx = None
+                    b.complete = Position(commit)
+                    self._log.info("binlog_statement", database=rec.database, gtid=gtid,
+                                   position=pos.describe(commit), statement=rec.query.split(None, 3)[:3])
+                    if not b.events:
+                        yield emit(b.complete)
+                elif isinstance(rec, Rotate):
+                    index = pos.file_index(rec.file)
+                elif isinstance(rec, Idle) and tx is None and not b.events and b.complete is None:
+                    here = Position(pos.before(pos.file_index(rec.file), rec.end))
+                    if here > last_yielded:
+                        yield emit(here)  # a heartbeat: nothing in flight, the position moves on
+            if b.complete is not None and tx is None and time.monotonic() - b.opened >= max_wait:
+                yield emit(b.complete)
+        self._log.info("replication_stopping", position=pos.describe(last_yielded.commit))
+
+    def _append_rows(self, b: _OpenBatch, rel: _Table, rec: Rows, tx: Transaction, seq: int, index: int) -> int:
+        normalise = rel.normalise
+        flagged: dict[tuple[int, int], set[int]] = {}
+        for n, side, col, source in rec.flags:
+            if source == EMPTY_SET:
+                flagged.setdefault((n, side), set()).add(col)
+            elif source in ZERO_DATE:
+                if self._config.zero_dates == "fail":
+                    raise DecodeError(
+                        f"{self.where}: zero date in {rel.schema.table}.{rel.schema.columns[col].name}; "
+                        "set zero_dates: null to deliver them as NULL"
+                    )
+                self.zero_dates += 1
+                self._log.warning("zero_date_as_null", table=str(rel.schema.table),
+                                  column=rel.schema.columns[col].name, count=self.zero_dates)
+
+        def norm(image: tuple[Any, ...], n: int, side: int) -> RawRow:
+            values = list(image)
+            for i, f in normalise:
+                v = values[i]
+                if v is not None:
+                    values[i] = f(v)
+            if flagged:
+                for i in flagged.get((n, side), ()):
+                    values[i] = []
+            return tuple(values)
+
+        if not b.events:
+            b.opened = time.monotonic()  # the batch's wait starts with its first event
+        append = rel.append or b.segment(rel)
+        lsn = (index << 32) | rec.end
+        op = rec.op
+        for n, (before, after) in enumerate(rec.images):
+            seq += 1
+            append((op, tx, seq, lsn, None if before is None else norm(before, n, 0),
+                    None if after is None else norm(after, n, 1)))
+        b.events += len(rec.images)
+        b.nbytes += 64 * len(rec.images) * max(len(rel.schema.columns), 1)
+        return seq
+
+    async def _table(self, table: TableMap) -> _Table:
+        """The schema and codec of a table map's rows (cached by name and columns, never by id)."""
+        key = (table.database, table.table, tuple((c.name, c.type_code) for c in table.columns))
+        rel = self._tables.get(key)
+        if rel is not None:
+            return rel
+        assert self._ctl is not None
+        try:
+            cat = {c.name: c for c in await asyncio.to_thread(catalog.table_columns, self._ctl, table.database,
+                                                                  table.table)}
+        except pymysql.Error as err:
+            raise SourceConnectionError(f"{self.where}: cannot read the catalog: {first_line(err)}") from err
+        types = []
+        columns = []
+        for c in table.columns:
+            known = cat.get(c.name)
+            refined = sql_type(known) if known is not None else ""
+            ty = MySqlColumnType(
+                type_code=c.type_code, sql_type=refined, unsigned=c.unsigned, precision=c.precision, scale=c.scale,
+                fsp=c.fsp, bits=c.bits, binary=c.binary and not refined,
+                length=known.max_length if known is not None and known.data_type == "binary" else 0,
+                set_values=c.set_values,
+            )
+            types.append(ty)
+            columns.append(Column(c.name, ty.name, c.type_code, -1, c.primary))
+        schema = TableSchema(TableId(self.name, table.database, table.table), tuple(columns))
+        normalise = [(i, f) for i, ty in enumerate(types) if (f := ty.normalise_binlog()) is not None]
+        rel = _Table(schema, MySqlRowCodec(columns, types), normalise)
+        self._tables[key] = rel
+        self._log.info("relation", table=str(schema.table), columns=len(columns), key=list(schema.key))
+        return rel
+
+    # -- acknowledgement --------------------------------------------------------------
+
+    async def acknowledge(self, position: Position) -> None:
+        """Nothing to tell the server: a binlog has no slot. Retention is the server's
+        (binlog_expire_logs_seconds); a purged position fails the next start clearly."""
+
+    async def close(self) -> None:
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            await asyncio.to_thread(pump.close)
+        snap, self._snapshot = self._snapshot, None
+        if snap is not None:
+            await asyncio.to_thread(snap.close)
+        ctl, self._ctl = self._ctl, None
+        if ctl is not None:
+            with contextlib.suppress(pymysql.Error):
+                ctl.close()

@@ -1,0 +1,136 @@
+"""Every MariaDB misconfiguration the binlog source checks stops ``cdc run`` with one line, exit 2.
+
+These tests change server-wide settings (SET GLOBAL, users, purged binlogs), so they run
+on a MariaDB server of their own, never the session's shared one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdc.sandbox import DisposableMariaDB
+from integration.conftest import MariaDatabase, database_name
+from integration.daemon import Daemons, JobFiles, mysql_job_config, run_cdc, sink_position, wait_until, write_config
+from integration.test_errors import assert_user_error
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[DisposableMariaDB]:
+    """A MariaDB server for this module only (its global settings get changed)."""
+    with DisposableMariaDB() as server:
+        yield server
+
+
+@pytest.fixture
+def db(own_server: DisposableMariaDB, request: pytest.FixtureRequest) -> Iterator[MariaDatabase]:
+    name = database_name(request.node.name)
+    own_server.create_database(name)
+    own_server.execute("CREATE TABLE t (id int PRIMARY KEY, v int)", database=name)
+    try:
+        yield MariaDatabase(own_server, name, own_server.host, own_server.port, own_server.user, own_server.password)
+    finally:
+        own_server.drop_database(name)
+
+
+def run_job(db: MariaDatabase, tmp_path: Path, **source: Any) -> tuple[JobFiles, subprocess.CompletedProcess[str]]:
+    """Write a one-job config (mysql source on `db`, these source settings) and run ``cdc run`` on it."""
+    files = JobFiles(tmp_path / "job")
+    options = {"host": db.host, "port": db.port, "user": db.user, "password": db.password, **source}
+    write_config(files, mysql_job_config(files, database=db.dbname, **options))
+    result = run_cdc("run", files.config, timeout=60)
+    return files, result
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "needle"),
+    [
+        ("binlog_format", "'STATEMENT'", "binlog_format is STATEMENT, not ROW"),
+        ("binlog_format", "'MIXED'", "binlog_format is MIXED, not ROW"),
+        ("binlog_row_image", "'MINIMAL'", "binlog_row_image is MINIMAL, not FULL"),
+        ("binlog_row_metadata", "'MINIMAL'", "binlog_row_metadata is MINIMAL, not FULL"),
+        ("log_bin_compress", "ON", "log_bin_compress is ON"),
+    ],
+)
+def test_server_setting_refused(
+    db: MariaDatabase, tmp_path: Path, setting: str, value: str, needle: str
+) -> None:
+    """A server setting the binlog source cannot work with: one line naming it, exit 2, no checkpoint."""
+    default = db.server.query(f"SELECT @@GLOBAL.{setting}")[0][0]
+    db.server.execute(f"SET GLOBAL {setting} = {value}")
+    try:
+        files, result = run_job(db, tmp_path)
+    finally:
+        db.server.execute(f"SET GLOBAL {setting} = {default if default.isdigit() else repr(default)}")
+    assert_user_error(result, files, needle, "SET GLOBAL")
+
+
+def test_own_server_id_refused(db: MariaDatabase, tmp_path: Path) -> None:
+    """A job whose server_id is the server's own: one line, exit 2."""
+    files, result = run_job(db, tmp_path, server_id=1)
+    assert_user_error(result, files, "server_id 1 is the server's own")
+
+
+def test_missing_replication_privilege_refused(db: MariaDatabase, tmp_path: Path) -> None:
+    """A user without REPLICATION SLAVE and BINLOG MONITOR: one line naming both, exit 2."""
+    user = db.dbname[-20:]
+    db.server.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'; GRANT SELECT ON *.* TO '{user}'@'%'")
+    try:
+        files, result = run_job(db, tmp_path, user=user, password="pw")
+    finally:
+        db.server.execute(f"DROP USER '{user}'@'%'")
+    assert_user_error(result, files, "lacks REPLICATION SLAVE, BINLOG MONITOR")
+
+
+def test_purged_binlog_refused(db: MariaDatabase, tmp_path: Path, daemons: Daemons) -> None:
+    """The binlog the sinks need was purged while the job was down: one line, exit 2, checkpoint kept."""
+    files = JobFiles(tmp_path / "job")
+    write_config(files, mysql_job_config(files, host=db.host, port=db.port, user=db.user, password=db.password,
+                                         database=db.dbname))
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    daemon.wait_for("replication_started")
+    db.execute("INSERT INTO t VALUES (1, 1)")
+    wait_until(lambda: sink_position(files.sink) is not None, 30, "a durable batch")
+    assert daemon.terminate(10.0) == 0
+    held = sink_position(files.sink)
+    db.server.execute("FLUSH BINARY LOGS; FLUSH BINARY LOGS")
+    last = db.server.query("SHOW MASTER STATUS")[0][0]
+
+    def purged() -> bool:  # MariaDB keeps a file until its binlog checkpoint is written
+        db.server.execute(f"PURGE BINARY LOGS TO '{last}'")
+        return db.server.query("SHOW BINARY LOGS")[0][0] == last
+
+    wait_until(purged, 20, "the old binlogs to be purged", interval=0.5)
+    result = run_cdc("run", files.config, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("cdc: error:")]
+    assert len(lines) == 1 and "purged" in lines[0] and "re-snapshot" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert sink_position(files.sink) == held
+
+
+def test_binlog_off_refused(tmp_path: Path) -> None:
+    """A server without a binary log (log_bin=OFF): one line saying to start it with --log-bin, exit 2."""
+    with DisposableMariaDB(settings={"skip-log-bin": "1"}) as server:
+        name = database_name("binlog_off")
+        server.create_database(name)
+        server.execute("CREATE TABLE t (id int PRIMARY KEY)", database=name)
+        db = MariaDatabase(server, name, server.host, server.port, server.user, server.password)
+        files, result = run_job(db, tmp_path)
+    assert_user_error(result, files, "log_bin=OFF", "--log-bin")
+
+
+def test_flush_snapshot_without_reload_refused(db: MariaDatabase, tmp_path: Path) -> None:
+    """snapshot_lock: flush needs RELOAD (FLUSH TABLES WITH READ LOCK): one line naming it, exit 2."""
+    user = "r" + db.dbname[-19:]
+    db.server.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'; "
+                      f"GRANT REPLICATION SLAVE, BINLOG MONITOR, SELECT ON *.* TO '{user}'@'%'")
+    try:
+        files, result = run_job(db, tmp_path, user=user, password="pw", snapshot="initial", snapshot_lock="flush")
+    finally:
+        db.server.execute(f"DROP USER '{user}'@'%'")
+    assert_user_error(result, files, "lacks RELOAD")

@@ -1,0 +1,129 @@
+"""Every MariaDB type round-trips exactly through the binlog and the snapshot (docs/mysql.md).
+
+The same rows are inserted before the daemon starts (read by the initial snapshot, op=r)
+and while it streams (op=c), and updated once more (op=u); each event's JSON must equal
+the documented rendering of the inserted value, the same for both paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from integration import mysql
+from integration.conftest import MariaDatabase
+from integration.daemon import Daemons, envelopes, wait_until
+
+ZOO_DDL = """CREATE TABLE zoo (
+  id int unsigned PRIMARY KEY, ti tinyint, tu tinyint unsigned, si smallint, su smallint unsigned,
+  mi mediumint, mu mediumint unsigned, i int, bu bigint unsigned, bi bigint,
+  d decimal(30,10), d65 decimal(65,30), f float, db double,
+  dt datetime(6), dt0 datetime, ts timestamp(6) NULL, dd date, tm time(6), y year,
+  b bit(10), b64 bit(64), e enum('small','médium','large'), s set('x','y','z'),
+  j json, txt text, vc varchar(20), ch char(5), bl blob, bn binary(4), vb varbinary(10),
+  uu uuid, i6 inet6
+) CHARACTER SET utf8mb4"""
+
+COLUMNS = ("id, ti, tu, si, su, mi, mu, i, bu, bi, d, d65, f, db, dt, dt0, ts, dd, tm, y, b, b64, e, s, j, txt, "
+           "vc, ch, bl, bn, vb, uu, i6")
+
+#: (SQL values, expected event JSON of the row) per row.
+ROWS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "(1, -128, 255, -32768, 65535, -8388608, 16777215, -2147483648, 18446744073709551615, "
+        "-9223372036854775808, -12345678901234567890.0123456789, "
+        "12345678901234567890123456789012345.123456789012345678901234567891, 0.1, 0.1, "
+        "'2024-02-29 23:59:59.000001', '9999-12-31 23:59:59', '2038-01-19 03:14:07.999999', '1000-01-01', "
+        "'-838:59:59.000000', 2155, b'1000000001', "
+        "b'1111111111111111111111111111111111111111111111111111111111111111', "
+        "'médium', 'x,z', '{\"a\": [1, 2.50, \"é\"], \"n\": 12345678901234567890}', 'Zürich ✓ 😀', "
+        "'back\\\\slash', 'ab', "
+        "x'00ff10', x'6100', x'000100', '123e4567-e89b-12d3-a456-426614174000', '2001:db8::1')",
+        {"id": 1, "ti": -128, "tu": 255, "si": -32768, "su": 65535, "mi": -8388608, "mu": 16777215,
+         "i": -2147483648, "bu": 18446744073709551615, "bi": -9223372036854775808,
+         "d": "-12345678901234567890.0123456789",
+         "d65": "12345678901234567890123456789012345.123456789012345678901234567891", "f": 0.1, "db": 0.1,
+         "dt": "2024-02-29T23:59:59.000001", "dt0": "9999-12-31T23:59:59", "ts": "2038-01-19T03:14:07.999999Z",
+         "dd": "1000-01-01", "tm": "-838:59:59", "y": 2155, "b": 513, "b64": 18446744073709551615, "e": "médium",
+         "s": ["x", "z"], "j": '{"a": [1, 2.50, "é"], "n": 12345678901234567890}', "txt": "Zürich ✓ 😀",
+         "vc": "back\\slash", "ch": "ab", "bl": "AP8Q", "bn": "YQAAAA==", "vb": "AAEA",
+         "uu": "123e4567-e89b-12d3-a456-426614174000", "i6": "2001:db8::1"},
+    ),
+    (
+        "(2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3.40282e38, 5e-324, '1970-01-01 00:00:00', '2000-01-01 00:00:00', "
+        "'1970-01-01 00:00:01', '2000-02-29', '-00:00:00.5', 0, b'0', b'0', 'small', '', '[]', '', '', '', "
+        "'', x'00000000', '', 'ffffffff-ffff-4fff-bfff-ffffffffffff', '::ffff:1.2.3.4')",
+        {"id": 2, "ti": 0, "tu": 0, "si": 0, "su": 0, "mi": 0, "mu": 0, "i": 0, "bu": 0, "bi": 0,
+         "d": "0.0000000000", "d65": "0.000000000000000000000000000000", "f": 3.40282e38, "db": 5e-324,
+         "dt": "1970-01-01T00:00:00", "dt0": "2000-01-01T00:00:00", "ts": "1970-01-01T00:00:01Z",
+         "dd": "2000-02-29", "tm": "-00:00:00.5", "y": 0, "b": 0, "b64": 0, "e": "small", "s": [], "j": "[]",
+         "txt": "", "vc": "", "ch": "", "bl": "", "bn": "AAAAAA==", "vb": "",
+         "uu": "ffffffff-ffff-4fff-bfff-ffffffffffff", "i6": "::ffff:1.2.3.4"},
+    ),
+    (
+        "(3" + ", NULL" * 32 + ")",
+        {"id": 3, **{c.strip(): None for c in COLUMNS.split(",")[1:]}},
+    ),
+    (
+        "(4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0.5, 1, -1.17549435e-38, 1.7976931348623157e308, '2024-01-01 00:00:00.5', "
+        "'2024-01-01 00:00:00', '2024-06-30 12:00:00.000100', '2024-01-01', '12:34:56.789', 1901, b'1', "
+        "b'1000000000000000000000000000000000000000000000000000000000000000', 'large', 'x,y,z', '{}', "
+        "'a\\tb\\nc\"', 'x', 'abcde', x'', x'01020304', x'ff', '00000000-0000-0000-0000-000000000000', '::')",
+        {"id": 4, "ti": 1, "tu": 1, "si": 1, "su": 1, "mi": 1, "mu": 1, "i": 1, "bu": 1, "bi": 1,
+         "d": "0.5000000000", "d65": "1.000000000000000000000000000000", "f": -1.1754944e-38,
+         "db": 1.7976931348623157e308, "dt": "2024-01-01T00:00:00.5", "dt0": "2024-01-01T00:00:00",
+         "ts": "2024-06-30T12:00:00.0001Z", "dd": "2024-01-01", "tm": "12:34:56.789", "y": 1901, "b": 1,
+         "b64": 9223372036854775808, "e": "large", "s": ["x", "y", "z"], "j": "{}", "txt": 'a\tb\nc"',
+         "vc": "x", "ch": "abcde", "bl": "", "bn": "AQIDBA==", "vb": "/w==",
+         "uu": "00000000-0000-0000-0000-000000000000", "i6": "::"},
+    ),
+]
+
+
+def inserts() -> list[str]:
+    return [f"INSERT INTO zoo ({COLUMNS}) VALUES {values}" for values, _ in ROWS]  # noqa: S608 - test constants
+
+
+def test_type_zoo_round_trips_exactly_through_snapshot_and_stream(
+    mariadb: MariaDatabase, tmp_path: Path, daemons: Daemons
+) -> None:
+    """Snapshot (op=r), insert (op=c) and update (op=u) of every type give the documented JSON."""
+    db = mariadb
+    mysql.execute(db, ZOO_DDL, "SET SESSION sql_mode = 'STRICT_ALL_TABLES'")
+    mysql.execute(db, *inserts())
+    files = mysql.make_job(db, tmp_path, snapshot="initial")
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    daemon.wait_for("replication_started")
+    mysql.execute(db, "DELETE FROM zoo")
+    mysql.execute(db, *inserts())
+    mysql.execute(db, "UPDATE zoo SET id = id + 100")
+    events = lambda: [e for e in envelopes(files.sink) if e["source"]["table"] == "zoo"]  # noqa: E731
+    n = len(ROWS)
+    wait_until(lambda: len(events()) >= 4 * n, 30, "every zoo event")
+    assert daemon.terminate(10.0) == 0
+    got = events()
+    assert [e["op"] for e in got] == ["r"] * n + ["d"] * n + ["c"] * n + ["u"] * n
+    expected = [row for _, row in ROWS]
+    assert [e["after"] for e in got[:n]] == expected, "snapshot"
+    assert [e["before"] for e in got[n:2 * n]] == expected, "delete"
+    assert [e["after"] for e in got[2 * n:3 * n]] == expected, "insert"
+    assert [e["before"] for e in got[3 * n:]] == expected, "update before"
+    assert [e["after"] for e in got[3 * n:]] == [{**row, "id": row["id"] + 100} for row in expected], "update after"
+    assert [e["source"]["snapshot"] for e in got] == ["true"] * n + ["false"] * 3 * n
+
+
+def test_zero_dates_arrive_as_null_with_a_warning(mariadb: MariaDatabase, tmp_path: Path, daemons: Daemons) -> None:
+    """Zero DATE/DATETIME/TIMESTAMP values (sql_mode without NO_ZERO_DATE) are NULL, each counted in a warning."""
+    db = mariadb
+    mysql.execute(db, "CREATE TABLE zd (id int PRIMARY KEY, dd date, dt datetime(6), ts timestamp(6) NULL, n int)")
+    files = mysql.make_job(db, tmp_path)
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    daemon.wait_for("replication_started")
+    mysql.execute(db, "SET SESSION sql_mode = ''",
+                  "INSERT INTO zd VALUES (1, '0000-00-00', '0000-00-00 00:00:00', '0000-00-00 00:00:00', 7)")
+    events = lambda: [e for e in envelopes(files.sink) if e["source"]["table"] == "zd"]  # noqa: E731
+    wait_until(lambda: len(events()) == 1, 30, "the zd insert")
+    assert daemon.terminate(10.0) == 0
+    assert events()[0]["after"] == {"id": 1, "dd": None, "dt": None, "ts": None, "n": 7}
+    warnings = [e for e in daemon.events(all_runs=True) if e.get("event") == "zero_date_as_null"]
+    assert {w["column"] for w in warnings} >= {"dd", "dt"}

@@ -1,0 +1,162 @@
+"""MySQL connector pieces that need no server: positions, float32 rendering, TIME text, the codec."""
+
+from __future__ import annotations
+
+import struct
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import orjson
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cdc.config import parse_config
+from cdc.errors import ConfigError
+from cdc.events import WHOLE_TRANSACTION, Column, Position
+from connectors.mysql import positions as pos
+from connectors.mysql import types as t
+from connectors.mysql.types import MySqlColumnType, MySqlRowCodec, float32_shortest, time_text
+
+coords = st.tuples(st.integers(1, 999_999), st.integers(4, (1 << 32) - 1))
+
+
+@given(coords, coords)
+def test_positions_order_like_the_binlog(a: tuple[int, int], b: tuple[int, int]) -> None:
+    """Transaction starts and "before" marks order like (file index, offset); a start sits after its mark."""
+    assert (pos.transaction_commit(*a) < pos.transaction_commit(*b)) == (a < b)
+    assert pos.before(*a) < pos.transaction_commit(*a)
+    if a < b:
+        assert pos.transaction_commit(*a) < pos.before(*b)
+
+
+@given(coords, st.integers(1, WHOLE_TRANSACTION))
+def test_resume_point_is_where_the_position_was_taken(c: tuple[int, int], seq: int) -> None:
+    """A transaction (whole or chunk) resumes at its start; a "before" mark at its offset."""
+    assert pos.resume_point(Position(pos.transaction_commit(*c), seq)) == c
+    assert pos.resume_point(Position(pos.before(*c))) == c
+
+
+def test_file_names_round_trip() -> None:
+    """mysql-bin.000042 is index 42 and back; a name without a number is a one-line error."""
+    assert pos.file_index("mysql-bin.000042") == 42
+    assert pos.file_name("mysql-bin", 42) == "mysql-bin.000042"
+    assert pos.file_index(pos.file_name("b", 1_234_567)) == 1_234_567
+    with pytest.raises(Exception, match="unexpected binlog file name"):
+        pos.file_index("mysql-bin")
+
+
+@given(st.floats(width=32, allow_nan=False, allow_infinity=False))
+def test_float32_shortest_reads_back_as_the_same_float32(value: float) -> None:
+    """The rendering is the shortest text that reads back to the same 4 bytes."""
+    short = float32_shortest(value)
+    assert struct.pack("<f", short) == struct.pack("<f", value)
+    assert len(repr(short)) <= len(repr(value))
+
+
+def test_float32_examples() -> None:
+    """0.1 stored as FLOAT is 0.1, not 0.10000000149011612."""
+    widened = struct.unpack("<f", struct.pack("<f", 0.1))[0]
+    assert float32_shortest(widened) == 0.1
+    assert float32_shortest(struct.unpack("<f", struct.pack("<f", 3.40282e38))[0]) == 3.40282e38
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (timedelta(hours=-838, minutes=-59, seconds=-59), "-838:59:59"),
+        (timedelta(microseconds=-500_000), "-00:00:00.5"),
+        (timedelta(hours=12, minutes=34, seconds=56, microseconds=789_000), "12:34:56.789"),
+        (timedelta(0), "00:00:00"),
+    ],
+)
+def test_time_text(value: timedelta, text: str) -> None:
+    """TIME renders as MySQL prints it, negative values and fractions exact."""
+    assert time_text(value) == text
+
+
+def codec() -> MySqlRowCodec:
+    types = [
+        MySqlColumnType(t.LONG, unsigned=True),
+        MySqlColumnType(t.NEWDECIMAL, precision=12, scale=2),
+        MySqlColumnType(t.TIMESTAMP2, fsp=6),
+        MySqlColumnType(t.DATETIME2, fsp=6),
+        MySqlColumnType(t.TIME2, fsp=6),
+        MySqlColumnType(t.SET, set_values=("x", "y")),
+        MySqlColumnType(t.BLOB, binary=True),
+        MySqlColumnType(t.DATE),
+        MySqlColumnType(t.LONGLONG, unsigned=True),
+    ]
+    names = ["id", "d", "ts", "dt", "tm", "s", "b", "dd", "u"]
+    columns = [Column(n, ty.name, ty.type_code, -1, n == "id") for n, ty in zip(names, types, strict=True)]
+    return MySqlRowCodec(columns, types)
+
+
+ROW = (7, Decimal("-1.50"), datetime(2024, 1, 1, 0, 0, 0, 500_000, tzinfo=UTC), datetime(2024, 2, 29, 23, 59, 59, 1),
+       timedelta(microseconds=-1), [], b"\x00\xff", date(2024, 3, 1), 2**64 - 1)
+
+
+def test_codec_json_and_key() -> None:
+    """The documented JSON rendering of each normalised value, and the key object."""
+    c = codec()
+    assert orjson.loads(c.to_json(ROW)) == {
+        "id": 7, "d": "-1.50", "ts": "2024-01-01T00:00:00.5Z", "dt": "2024-02-29T23:59:59.000001",
+        "tm": "-00:00:00.000001", "s": [], "b": "AP8=", "dd": "2024-03-01", "u": 2**64 - 1,
+    }
+    assert orjson.loads(c.key_json(ROW)) == {"id": 7}
+
+
+def test_codec_arrow_types_and_values() -> None:
+    """Arrow columns carry the documented types and the exact values (NULL and missing rows as null)."""
+    c = codec()
+    arrays = c.to_arrow([ROW, None])
+    assert [a.type for a in arrays] == [
+        pa.uint32(), pa.decimal128(12, 2), pa.timestamp("us", tz="UTC"), pa.timestamp("us"), pa.duration("us"),
+        pa.list_(pa.string()), pa.binary(), pa.date32(), pa.uint64(),
+    ]
+    assert [a[0].as_py() for a in arrays] == list(ROW)
+    assert all(a[1].as_py() is None for a in arrays)
+    assert c.arrow_schema().names == ["id", "d", "ts", "dt", "tm", "s", "b", "dd", "u"]
+
+
+def test_wide_decimal_is_a_string_in_arrow() -> None:
+    """DECIMAL(65,30) does not fit decimal128: Arrow gets its exact text."""
+    ty = MySqlColumnType(t.NEWDECIMAL, precision=65, scale=30)
+    c = MySqlRowCodec([Column("d", ty.name)], [ty])
+    value = Decimal("12345678901234567890123456789012345.123456789012345678901234567891")
+    assert c.to_arrow([(value,)])[0].to_pylist() == [format(value, "f")]
+
+
+_MYSQL_JOB = """\
+jobs:
+  - name: shop
+    source: {{type: mysql, host: db, user: cdc, password: secret, server_id: {server_id}}}
+    tables: {{include: ["shop.*"]}}
+    sinks: [{{type: file, path: ./out}}]
+"""
+
+
+def test_mysql_source_config() -> None:
+    """type: mysql parses with defaults; the password is a secret; server_id is required and positive."""
+    cfg = parse_config(_MYSQL_JOB.format(server_id=5401), "x.yaml", {})
+    source = cfg.jobs[0].source
+    assert source.type == "mysql" and source.port == 3306 and source.server_id == 5401
+    assert "secret" not in repr(source)
+    with pytest.raises(ConfigError, match=r"x.yaml:3: jobs\[0\].source.server_id"):
+        parse_config(_MYSQL_JOB.format(server_id=0), "x.yaml", {})
+
+
+def test_mysql_source_from_a_dsn() -> None:
+    """dsn: mysql://user[:password]@host[:port]/db sets host, port, user (and password); mixing is an error."""
+    text = _MYSQL_JOB.replace("host: db, user: cdc, password: secret", "dsn: 'mysql://cdc%40x:p%3Aw@db:3307/shop'")
+    source = parse_config(text.format(server_id=7), "x.yaml", {}).jobs[0].source
+    assert (source.host, source.port, source.user, source.password.get_secret_value()) == ("db", 3307, "cdc@x", "p:w")
+    text = _MYSQL_JOB.replace("host: db, user: cdc", "dsn: 'mysql://cdc@db/shop'")
+    source = parse_config(text.format(server_id=7), "x.yaml", {}).jobs[0].source
+    assert (source.host, source.port, source.password.get_secret_value()) == ("db", 3306, "secret")
+    with pytest.raises(ConfigError, match="either dsn or host"):
+        parse_config(_MYSQL_JOB.replace("user: cdc", "dsn: 'mysql://cdc@db'").format(server_id=7), "x.yaml", {})
+    with pytest.raises(ConfigError, match="mysql://user"):
+        parse_config(_MYSQL_JOB.replace("host: db, user: cdc", "dsn: 'postgresql://cdc@db'").format(server_id=7),
+                     "x.yaml", {})
