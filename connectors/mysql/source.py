@@ -234,7 +234,8 @@ class MySqlSource:
         try:
             snapshots = self._snapshot_mode in ("initial", "initial_only")
             reload = None if cfg.snapshot_lock == "none" else True
-            server = catalog.check_server(conn, self.where, cfg.server_id, reload if snapshots else False)
+            may_snapshot = snapshots or cfg.on_binlog_gone == "resnapshot"
+            server = catalog.check_server(conn, self.where, cfg.server_id, reload if may_snapshot else False)
             tables = catalog.select_tables(conn, self._tables_config.include, self._tables_config.exclude, self.where)
             if not tables:
                 raise MissingTableError(
@@ -247,17 +248,11 @@ class MySqlSource:
                 raise SourceSetupError(f"{self.where}: the server lists no binary logs; is log_bin on?")
             self._base = logs[0].rpartition(".")[0]
             have = {pos.file_index(n) for n in logs}
-            snapshot_pending = resume_from is None or (not resume_from.whole and resume_from.commit & 1 == 1)
-            if snapshot_pending and self._snapshot_mode in ("initial", "initial_only"):
-                self._snapshot = SnapshotReader(self._connect, mariadb=server.mariadb, workers=self._workers,
-                                                lock=cfg.snapshot_lock == "flush" or not server.mariadb)
-                self._snapshot_tables = sorted(tables)
-                # Sinks holding part of an interrupted snapshot (an earlier, older consistent point)
-                # get each table truncated first: rows deleted since that point must not survive.
-                self._snapshot_truncates = resume_from is not None
-                self._start = (pos.file_index(self._snapshot.file), self._snapshot.position)
-                self._log.info("snapshot_started", mode=self._snapshot_mode, tables=len(tables),
-                               consistent_point=f"{self._snapshot.file}:{self._snapshot.position}")
+            mid_snapshot = resume_from is not None and not resume_from.whole and resume_from.commit & 1 == 1
+            if (resume_from is None and snapshots) or mid_snapshot:
+                # A job killed mid-snapshot (an initial one, or a re-snapshot after a purged binlog)
+                # takes a new snapshot whatever its `snapshot` mode.
+                self._begin_snapshot(server.mariadb, tables, truncates=resume_from is not None)
                 return
             if resume_from is None:
                 # The sinks hold nothing yet: start where the first run started (the source's
@@ -270,22 +265,50 @@ class MySqlSource:
                     self._write_bookmark(bookmark)
                 self._start = bookmark
                 if self._start[0] not in have:
+                    if cfg.on_binlog_gone == "resnapshot":
+                        self._log.warning("binlog_gone_resnapshotting", needed=pos.file_name(self._base, bookmark[0]),
+                                          oldest=logs[0], offset=bookmark[1])
+                        self._bookmark.unlink(missing_ok=True)
+                        self._begin_snapshot(server.mariadb, tables, truncates=False)
+                        return
                     raise BinlogPurgedError(
                         f"{self.where}: the job started at binlog {pos.file_name(self._base, self._start[0])}, "
                         f"which the server has purged (oldest: {logs[0]}); delete {self._bookmark} to start "
-                        "from the current position (changes since the first start are lost to this job)"
+                        "from the current position (changes since the first start are lost to this job), "
+                        "or set on_binlog_gone: resnapshot"
                     )
             else:
                 self._start = pos.resume_point(resume_from)
                 if self._start[0] not in have:
+                    if cfg.on_binlog_gone == "resnapshot":
+                        self._log.warning("binlog_gone_resnapshotting", oldest=logs[0], offset=self._start[1],
+                                          needed=pos.file_name(self._base, self._start[0]))
+                        self._begin_snapshot(server.mariadb, tables, truncates=True)
+                        return
                     raise BinlogPurgedError(
                         f"{self.where}: the sinks need binlog {pos.file_name(self._base, self._start[0])} at "
                         f"{self._start[1]}, which the server has purged (oldest: {logs[0]}); changes since are "
-                        "lost to this job: delete the sinks' data and the job's state to re-snapshot, and keep "
-                        "binlogs longer (binlog_expire_logs_seconds)"
+                        "lost to this job: set on_binlog_gone: resnapshot to re-snapshot every table, or delete "
+                        "the sinks' data and the job's state; keep binlogs longer (binlog_expire_logs_seconds)"
                     )
         except pymysql.Error as err:
             raise SourceConnectionError(f"{self.where}: {first_line(err)}") from err
+
+    def _begin_snapshot(self, mariadb: bool, tables: list[tuple[str, str]], *, truncates: bool) -> None:
+        """Open a consistent snapshot of `tables`; streaming then starts at its position.
+
+        `truncates`: the sinks may hold rows of an older point (an interrupted snapshot, or a
+        stream whose binlog was purged), so each table's snapshot starts with an ``op: "t"``
+        event and rows deleted since do not survive in mirrors.
+        """
+        cfg = self._config
+        self._snapshot = SnapshotReader(self._connect, mariadb=mariadb, workers=self._workers,
+                                        lock=cfg.snapshot_lock == "flush" or not mariadb)
+        self._snapshot_tables = sorted(tables)
+        self._snapshot_truncates = truncates
+        self._start = (pos.file_index(self._snapshot.file), self._snapshot.position)
+        self._log.info("snapshot_started", mode=self._snapshot_mode, tables=len(tables),
+                       consistent_point=f"{self._snapshot.file}:{self._snapshot.position}")
 
     def _open_stream(self) -> None:
         cfg = self._config
