@@ -65,7 +65,7 @@ from connectors.mysql.binlog import (
     TxStart,
 )
 from connectors.mysql.snapshot import Chunk, SnapshotReader, SnapshotTable, describe_table, sql_type
-from connectors.mysql.types import MySqlColumnType, MySqlRowCodec
+from connectors.mysql.types import MySqlColumnType, MySqlRowCodec, compile_normaliser
 
 log = structlog.get_logger(__name__)
 
@@ -81,7 +81,8 @@ class BinlogPurgedError(SourceSetupError):
 class _Table:
     schema: TableSchema
     codec: MySqlRowCodec
-    normalise: list[tuple[int, Callable[[Any], Any]]]
+    #: The table's `compile_normaliser` function (None: every value as the adapter gives it).
+    normalise: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None
     append: Callable[[RowChange], None] | None = None
 
 
@@ -349,7 +350,7 @@ class MySqlSource:
             for database, table in self._snapshot_tables:
                 st = await asyncio.to_thread(describe_table, self._ctl, self.name, database, table)
                 tables.append(st)
-                rel = rels[str(st.schema.table)] = _Table(st.schema, st.codec, [])
+                rel = rels[str(st.schema.table)] = _Table(st.schema, st.codec, None)
                 if self._snapshot_truncates:
                     seq += 1
                     # A transaction object of its own: envelopes mark the reads of `tx` as snapshot reads.
@@ -549,26 +550,35 @@ class MySqlSource:
                 self._log.warning("zero_date_as_null", table=str(rel.schema.table),
                                   column=rel.schema.columns[col].name, count=self.zero_dates)
 
-        def norm(image: tuple[Any, ...], n: int, side: int) -> RawRow:
-            values = list(image)
-            for i, f in normalise:
-                v = values[i]
-                if v is not None:
-                    values[i] = f(v)
-            if flagged:
-                for i in flagged.get((n, side), ()):
+        def fixed(image: tuple[Any, ...], n: int, side: int) -> RawRow:
+            out = image if normalise is None else normalise(image)
+            empty = flagged.get((n, side))
+            if empty:
+                values = list(out)
+                for i in empty:
                     values[i] = []
-            return tuple(values)
+                return tuple(values)
+            return out
 
         if not b.events:
             b.opened = time.monotonic()  # the batch's wait starts with its first event
         append = rel.append or b.segment(rel)
         lsn = (index << 32) | rec.end
         op = rec.op
-        for n, (before, after) in enumerate(rec.images):
-            seq += 1
-            append((op, tx, seq, lsn, None if before is None else norm(before, n, 0),
-                    None if after is None else norm(after, n, 1)))
+        if flagged:
+            for n, (before, after) in enumerate(rec.images):
+                seq += 1
+                append((op, tx, seq, lsn, None if before is None else fixed(before, n, 0),
+                        None if after is None else fixed(after, n, 1)))
+        elif normalise is None:
+            for before, after in rec.images:
+                seq += 1
+                append((op, tx, seq, lsn, before, after))
+        else:
+            for before, after in rec.images:
+                seq += 1
+                append((op, tx, seq, lsn, None if before is None else normalise(before),
+                        None if after is None else normalise(after)))
         b.events += len(rec.images)
         b.nbytes += 64 * len(rec.images) * max(len(rel.schema.columns), 1)
         return seq
@@ -599,8 +609,7 @@ class MySqlSource:
             types.append(ty)
             columns.append(Column(c.name, ty.name, c.type_code, -1, c.primary))
         schema = TableSchema(TableId(self.name, table.database, table.table), tuple(columns))
-        normalise = [(i, f) for i, ty in enumerate(types) if (f := ty.normalise_binlog()) is not None]
-        rel = _Table(schema, MySqlRowCodec(columns, types), normalise)
+        rel = _Table(schema, MySqlRowCodec(columns, types), compile_normaliser(types))
         self._tables[key] = rel
         self._log.info("relation", table=str(schema.table), columns=len(columns), key=list(schema.key))
         return rel
