@@ -27,6 +27,7 @@ import queue
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from typing import Any
 import pymysql
 import structlog
 
+from cdc.checkpoints import write_atomically
 from cdc.config import MySqlSourceConfig, TablesConfig
 from cdc.errors import (
     CdcError,
@@ -71,6 +73,10 @@ log = structlog.get_logger(__name__)
 
 #: Records queued between the reader thread and the event loop (each at most one rows event).
 _QUEUE_RECORDS = 2_000
+#: Yielded batches whose GTID is remembered until acknowledged (older ones are dropped, never guessed).
+_GTID_PENDING = 10_000
+#: The GTID record is rewritten at most this often (and at close).
+_GTID_WRITE_S = 1.0
 
 
 class BinlogPurgedError(SourceSetupError):
@@ -184,6 +190,12 @@ class MySqlSource:
         state = state_dir if state_dir is not None else Path(tempfile.gettempdir()) / "cdc-state"
         #: Where the job first started streaming (used until a sink holds a position).
         self._bookmark = state / f"{name}.mysql-start.json"
+        #: The GTID of the last transaction every sink holds (a record toward GTID resume, docs/mysql.md).
+        self._gtid_file = state / f"{name}.mysql-gtid.json"
+        #: (commit, GTID of the last transaction committed up to it) per yielded batch, until acknowledged.
+        self._gtids: deque[tuple[int, str]] = deque(maxlen=_GTID_PENDING)
+        self._gtid_acked: tuple[int, str] | None = None
+        self._gtid_written_at = 0.0
         self._snapshot_mode = snapshot
         self._chunk_rows = snapshot_chunk_rows
         self._selected: set[tuple[str, str]] = set()
@@ -473,10 +485,13 @@ class MySqlSource:
         tx: Transaction | None = None
         seq = 0
         gtid: str | None = None
+        committed_gtid: str | None = None  # of the last transaction or statement committed
 
         def emit(position: Position) -> ChangeBatch:
             nonlocal last_yielded
             last_yielded = position
+            if committed_gtid is not None and position.whole:
+                self._gtids.append((position.commit, committed_gtid))
             return b.cut(position)
 
         while not stop.is_set():
@@ -510,6 +525,7 @@ class MySqlSource:
                 elif isinstance(rec, TxCommit):
                     if tx is not None:
                         tx.xid = rec.xid
+                        committed_gtid = gtid
                         tx.commit_ts = datetime.fromtimestamp(rec.timestamp, UTC)
                         b.complete, tx = tx.position(), None
                         if b.full(max_events, max_bytes) or time.monotonic() - b.opened >= max_wait:
@@ -519,6 +535,7 @@ class MySqlSource:
                     self._tables.clear()
                     commit = tx.commit if tx is not None else pos.transaction_commit(index, rec.start)
                     tx = None
+                    committed_gtid = gtid
                     b.complete = Position(commit)
                     self._log.info("binlog_statement", database=rec.database, gtid=gtid,
                                    position=pos.describe(commit), statement=rec.query.split(None, 3)[:3])
@@ -618,9 +635,29 @@ class MySqlSource:
 
     async def acknowledge(self, position: Position) -> None:
         """Nothing to tell the server: a binlog has no slot. Retention is the server's
-        (binlog_expire_logs_seconds); a purged position fails the next start clearly."""
+        (binlog_expire_logs_seconds); a purged position fails the next start clearly.
+
+        Records the GTID of the last transaction every sink holds (``<job>.mysql-gtid.json``,
+        at most once a second and at close): not used to resume yet (docs/mysql.md)."""
+        pending = self._gtids
+        while pending and pending[0][0] <= position.commit:
+            self._gtid_acked = pending.popleft()
+        if self._gtid_acked is not None and time.monotonic() - self._gtid_written_at >= _GTID_WRITE_S:
+            await asyncio.to_thread(self._write_gtid)
+
+    def _write_gtid(self) -> None:
+        acked = self._gtid_acked
+        if acked is None:
+            return
+        self._gtid_written_at = time.monotonic()
+        self._gtid_file.parent.mkdir(parents=True, exist_ok=True)
+        commit, gtid = acked
+        write_atomically(self._gtid_file, json.dumps({"gtid": gtid, "position": pos.describe(commit),
+                                                      "commit": commit}).encode())
 
     async def close(self) -> None:
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self._write_gtid)
         pump, self._pump = self._pump, None
         if pump is not None:
             await asyncio.to_thread(pump.close)
