@@ -52,8 +52,9 @@ test: install servers lint typecheck
 demo: install servers
 	$(BIN)/python -m cdc.demo
 
+## bench: every benchmark scenario (about 15 minutes); JSON and a Markdown table in bench/results/
 bench: install servers
-	$(BIN)/python bench/pg_stream.py
+	$(BIN)/python -m bench.suite
 
 clean:
 	rm -rf $(VENV) .demo .cdc-state .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -45,6 +45,7 @@ from cdc import __version__
 from cdc.checkpoints import no_position
 from cdc.config import KafkaSinkConfig, NatsSinkConfig, RedisSinkConfig
 from cdc.events import ChangeBatch, Column, Position, RowChange, TableChanges, TableId, TableSchema, Transaction
+from cdc.logs import configure_logging
 from cdc.sandbox import DisposableNats, DisposableRedis
 from cdc.sink import SourceInfo
 from connectors.postgres import types as pg
@@ -270,6 +271,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backends", default="kafka,nats,nats_core,redis")
     args = parser.parse_args()
+    configure_logging("warning", "json")  # logs to stderr: stdout carries only the JSON result
     batches = make_batches(args.events, args.batch_events)
     value_bytes = sum(len(v or b"") for r in render(batches[:1], "x")[0] for v in r.values) / len(batches[0])
     results: dict[str, Any] = {}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from cdc.events import ChangeBatch, Position
+from cdc.events import ChangeBatch, Position, RowChange, RowCodec, TableChanges, TableSchema
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +57,55 @@ class Source(Protocol):
     async def close(self) -> None:
         """Release connections; safe to call more than once and after a failed `start`."""
         ...
+
+
+class Buffered(Protocol):
+    """A source table as a batch builder sees it: its schema, codec, and open buffer's append."""
+
+    append: Callable[[RowChange], None] | None
+
+    @property
+    def schema(self) -> TableSchema: ...
+
+    @property
+    def codec(self) -> RowCodec: ...
+
+
+class OpenBatch:
+    """The batch a source is filling: per-table buffers in log order, counts, and its last commit.
+
+    A table's changes go into its current buffer (`segment` opens one, `Buffered.append`
+    points at it) until the batch is cut; a source that must keep log order across buffers
+    of one table (snapshot rows between streamed changes) sets the table's `append` to None
+    so its next change opens a new buffer after the others.
+    """
+
+    __slots__ = ("complete", "events", "filling", "nbytes", "opened", "tables")
+
+    def __init__(self) -> None:
+        self.filling: list[Buffered] = []  # tables with a buffer in this batch
+        self.tables: list[TableChanges] = []
+        self.events = 0
+        self.nbytes = 0
+        self.opened = time.monotonic()  # when the batch got its first event
+        self.complete: Position | None = None  # end of the last whole transaction in it
+
+    def segment(self, table: Buffered) -> Callable[[RowChange], None]:
+        """Open `table`'s buffer in this batch; return its append."""
+        seg = TableChanges(table.schema, table.codec)
+        self.tables.append(seg)
+        self.filling.append(table)
+        table.append = seg.changes.append
+        return table.append
+
+    def full(self, max_events: int, max_bytes: int) -> bool:
+        return self.events >= max_events or self.nbytes >= max_bytes
+
+    def cut(self, position: Position) -> ChangeBatch:
+        """The batch so far, ending at `position`; the builder starts empty again."""
+        out = ChangeBatch(position, self.tables, self.nbytes)
+        for table in self.filling:
+            table.append = None
+        self.filling = []
+        self.tables, self.events, self.nbytes, self.complete = [], 0, 0, None
+        return out

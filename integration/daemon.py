@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -473,3 +474,33 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1)
             raise DaemonError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
 
+
+# -- assertions shared by the stream tests ------------------------------------------------------
+
+
+def sink_rows(files: JobFiles, table: str, *, durable_only: bool = True) -> dict[Key, Row]:
+    """The file sink's table `table` (``schema.table``) rebuilt from its events."""
+    return rebuild(files.sink, durable_only=durable_only).get(table, {})
+
+
+def assert_no_duplicate_ids(files: JobFiles) -> list[str]:
+    """Every event id of the file sink, asserting none was written twice."""
+    ids = event_ids(files.sink)
+    repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+    assert not repeated, f"event ids written more than once: {repeated[:10]}"
+    return ids
+
+
+def assert_clean_log(daemon: Daemon) -> None:
+    """No traceback and no failed job in any run of `daemon`."""
+    text = daemon.stderr(all_runs=True)
+    assert "Traceback" not in text
+    assert "job_failed" not in text, daemon.tail()
+
+
+def slot_confirmed_flush(pg: PgDatabase, slot: str) -> int:
+    """The PostgreSQL slot's confirmed flush LSN (the slot must exist)."""
+    rows = pg.query(
+        "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+    assert rows, f"slot {slot} is gone"
+    return int(rows[0][0])

@@ -16,13 +16,16 @@ from integration.daemon import (
     ChangeWriter,
     Daemons,
     JobFiles,
+    assert_clean_log,
+    assert_no_duplicate_ids,
     envelopes,
     mysql_job_config,
     sink_position,
+    sink_rows,
     wait_until,
     write_config,
 )
-from integration.test_mysql_stream import assert_clean_log, assert_no_duplicate_ids, sink_rows, wait_caught_up
+from integration.test_mysql_stream import wait_caught_up
 
 
 def seed(db: MariaDatabase, rows: int) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -24,10 +23,11 @@ from integration.daemon import (
     JobFiles,
     Key,
     Row,
-    event_ids,
+    assert_clean_log,
+    assert_no_duplicate_ids,
     mysql_job_config,
-    rebuild,
     sink_position,
+    sink_rows,
     wait_until,
     write_config,
 )
@@ -39,8 +39,6 @@ def items_table(db: MariaDatabase) -> str:
     return f"{db.dbname}.items"
 
 
-def sink_rows(files: JobFiles, table: str, *, durable_only: bool = True) -> dict[Key, Row]:
-    return rebuild(files.sink, durable_only=durable_only).get(table, {})
 
 
 def wait_caught_up(db: MariaDatabase, files: JobFiles, daemon: Daemon, table: str = "items") -> dict[Key, Row]:
@@ -54,17 +52,8 @@ def wait_caught_up(db: MariaDatabase, files: JobFiles, daemon: Daemon, table: st
     return expected
 
 
-def assert_no_duplicate_ids(files: JobFiles) -> list[str]:
-    ids = event_ids(files.sink)
-    repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
-    assert not repeated, f"event ids written more than once: {repeated[:10]}"
-    return ids
 
 
-def assert_clean_log(daemon: Daemon) -> None:
-    text = daemon.stderr(all_runs=True)
-    assert "Traceback" not in text
-    assert "job_failed" not in text, daemon.tail()
 
 
 @pytest.fixture

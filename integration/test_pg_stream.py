@@ -9,7 +9,6 @@ with a ``SELECT`` of the source, row by row, with values in the documented JSON 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,14 @@ from integration.daemon import (
     JobFiles,
     Key,
     Row,
+    assert_clean_log,
+    assert_no_duplicate_ids,
     envelopes,
-    event_ids,
     job_config,
     rebuild,
     sink_position,
+    sink_rows,
+    slot_confirmed_flush,
     wait_until,
     write_config,
 )
@@ -39,8 +41,6 @@ CATCH_UP_S = 30.0
 
 
 
-def sink_rows(files: JobFiles, table: str, *, durable_only: bool = True) -> dict[Key, Row]:
-    return rebuild(files.sink, durable_only=durable_only).get(table, {})
 
 
 def wait_caught_up(pg: PgDatabase, files: JobFiles, daemon: Daemon, table: str = ITEMS) -> dict[Key, Row]:
@@ -53,26 +53,10 @@ def wait_caught_up(pg: PgDatabase, files: JobFiles, daemon: Daemon, table: str =
     return expected
 
 
-def assert_no_duplicate_ids(files: JobFiles) -> list[str]:
-    ids = event_ids(files.sink)
-    repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
-    assert not repeated, f"event ids written more than once: {repeated[:10]}"
-    return ids
 
 
-def assert_clean_log(daemon: Daemon) -> None:
-    text = daemon.stderr(all_runs=True)
-    assert "Traceback" not in text
-    assert "job_failed" not in text, daemon.tail()
 
 
-def slot_confirmed_flush(pg: PgDatabase, slot: str) -> int:
-    rows = pg.query(
-        "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = %s",
-        (slot,),
-    )
-    assert rows, f"slot {slot} is gone"
-    return int(rows[0][0])
 
 
 @pytest.fixture

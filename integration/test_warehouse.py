@@ -26,7 +26,17 @@ from cdc.sandbox import DisposablePostgres
 from connectors.postgres import types as pgt
 from integration.brokers import broker_job
 from integration.conftest import PgDatabase, database_name
-from integration.daemon import ITEMS_DDL, ChangeWriter, Daemon, Daemons, JobFiles, run_cdc, wait_until
+from integration.daemon import (
+    ITEMS_DDL,
+    ChangeWriter,
+    Daemon,
+    Daemons,
+    JobFiles,
+    assert_clean_log,
+    run_cdc,
+    slot_confirmed_flush,
+    wait_until,
+)
 from sinks.warehouse.merge import WarehouseSink
 from sinks.warehouse.postgres import postgres_sink
 from sinks.warehouse.schema import POSTGRES
@@ -110,17 +120,8 @@ def wait_target_equal(pg: PgDatabase, target: PgDatabase, daemon: Daemon, schema
     return expected
 
 
-def slot_confirmed_flush(pg: PgDatabase, slot: str) -> int:
-    rows = pg.query(
-        "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = %s", (slot,))
-    assert rows, f"slot {slot} is gone"
-    return int(rows[0][0])
 
 
-def assert_clean_log(daemon: Daemon) -> None:
-    text = daemon.stderr(all_runs=True)
-    assert "Traceback" not in text
-    assert "job_failed" not in text, daemon.tail()
 
 
 def test_kill_9_twice_both_targets_equal_the_source(

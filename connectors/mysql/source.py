@@ -47,9 +47,9 @@ from cdc.errors import (
     SourceSetupError,
     first_line,
 )
-from cdc.events import ChangeBatch, Column, Position, RawRow, RowChange, TableChanges, TableId, TableSchema, Transaction
+from cdc.events import ChangeBatch, Column, Position, RawRow, RowChange, TableId, TableSchema, Transaction
 from cdc.sink import SourceInfo
-from cdc.source import BatchPolicy
+from cdc.source import BatchPolicy, OpenBatch
 from connectors.mysql import catalog
 from connectors.mysql import positions as pos
 from connectors.mysql.binlog import (
@@ -90,36 +90,6 @@ class _Table:
     #: The table's `compile_normaliser` function (None: every value as the adapter gives it).
     normalise: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None
     append: Callable[[RowChange], None] | None = None
-
-
-class _OpenBatch:
-    __slots__ = ("complete", "events", "filling", "nbytes", "opened", "tables")
-
-    def __init__(self) -> None:
-        self.filling: list[_Table] = []
-        self.tables: list[TableChanges] = []
-        self.events = 0
-        self.nbytes = 0
-        self.opened = time.monotonic()
-        self.complete: Position | None = None
-
-    def segment(self, rel: _Table) -> Callable[[RowChange], None]:
-        seg = TableChanges(rel.schema, rel.codec)
-        self.tables.append(seg)
-        self.filling.append(rel)
-        rel.append = seg.changes.append
-        return rel.append
-
-    def full(self, max_events: int, max_bytes: int) -> bool:
-        return self.events >= max_events or self.nbytes >= max_bytes
-
-    def cut(self, position: Position) -> ChangeBatch:
-        out = ChangeBatch(position, self.tables, self.nbytes)
-        for rel in self.filling:
-            rel.append = None
-        self.filling = []
-        self.tables, self.events, self.nbytes, self.complete = [], 0, 0, None
-        return out
 
 
 class _Pump:
@@ -350,7 +320,7 @@ class MySqlSource:
         point = pos.before(*self._start)
         tx = Transaction(0, point, datetime.now(UTC))
         seq = 0
-        b = _OpenBatch()
+        b = OpenBatch()
         fetch_rows = min(self._chunk_rows, policy.max_events)
         halt = threading.Event()
         out: queue.Queue[tuple[Chunk, list[RawRow] | None] | BaseException | None] = queue.Queue(
@@ -479,7 +449,7 @@ class MySqlSource:
         pump = self._pump
         assert pump is not None
         max_events, max_bytes, max_wait = policy.max_events, policy.max_bytes, policy.max_wait_s
-        b = _OpenBatch()
+        b = OpenBatch()
         index = self._start[0]
         last_yielded = Position(pos.before(*self._start))
         tx: Transaction | None = None
@@ -551,7 +521,7 @@ class MySqlSource:
                 yield emit(b.complete)
         self._log.info("replication_stopping", position=pos.describe(last_yielded.commit))
 
-    def _append_rows(self, b: _OpenBatch, rel: _Table, rec: Rows, tx: Transaction, seq: int, index: int) -> int:
+    def _append_rows(self, b: OpenBatch, rel: _Table, rec: Rows, tx: Transaction, seq: int, index: int) -> int:
         normalise = rel.normalise
         flagged: dict[tuple[int, int], set[int]] = {}
         for n, side, col, source in rec.flags:

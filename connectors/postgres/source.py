@@ -63,7 +63,7 @@ from cdc.events import (
     Transaction,
 )
 from cdc.sink import SourceInfo
-from cdc.source import BatchPolicy
+from cdc.source import BatchPolicy, OpenBatch
 from connectors.postgres import catalog
 from connectors.postgres import types as pgtypes
 from connectors.postgres.pgoutput import (
@@ -134,39 +134,6 @@ class _Relation:
 
 
 _NO_TS = datetime.min.replace(tzinfo=UTC)
-
-
-class _OpenBatch:
-    """The batch being filled: per-table buffers in log order, counts, and its last commit."""
-
-    __slots__ = ("complete", "events", "filling", "nbytes", "opened", "tables")
-
-    def __init__(self) -> None:
-        self.filling: list[_Relation] = []  # relations with a buffer in this batch
-        self.tables: list[TableChanges] = []
-        self.events = 0
-        self.nbytes = 0
-        self.opened = time.monotonic()  # when the batch got its first event
-        self.complete: Position | None = None  # end of the last whole transaction in it
-
-    def segment(self, rel: _Relation) -> Callable[[RowChange], None]:
-        """Open `rel`'s buffer in this batch; return its append."""
-        seg = TableChanges(rel.schema, rel.codec)
-        self.tables.append(seg)
-        self.filling.append(rel)
-        rel.append = seg.changes.append
-        return rel.append
-
-    def full(self, max_events: int, max_bytes: int) -> bool:
-        return self.events >= max_events or self.nbytes >= max_bytes
-
-    def cut(self, position: Position) -> ChangeBatch:
-        out = ChangeBatch(position, self.tables, self.nbytes)
-        for rel in self.filling:
-            rel.append = None
-        self.filling = []
-        self.tables, self.events, self.nbytes, self.complete = [], 0, 0, None
-        return out
 
 
 class PostgresSource:
@@ -389,7 +356,7 @@ class PostgresSource:
         self._monitor = asyncio.create_task(self._watch(), name=f"{self.name}-source-monitor")
         snapshotting: asyncio.Task[None] | None = None
 
-        b = _OpenBatch()
+        b = OpenBatch()
         last_yielded = Position(max(self._start_lsn - 1, 0))
         tx: Transaction | None = None
         seq = 0
@@ -533,7 +500,7 @@ class PostgresSource:
             tx = Transaction(0, max(point - 1, 0), datetime.now(UTC))
             rels: dict[str, _Relation] = {}
             chunk_rows: dict[tuple[int, str], int] = {}
-            b = _OpenBatch()
+            b = OpenBatch()
             seq = 0
             shown = time.monotonic()
             while (item := await reader.queue.get()) is not None:
@@ -582,13 +549,13 @@ class PostgresSource:
                 with contextlib.suppress(asyncio.CancelledError, CdcError, psycopg.Error):
                     await reading
 
-    def _cut(self, b: _OpenBatch, position: Position) -> ChangeBatch:
+    def _cut(self, b: OpenBatch, position: Position) -> ChangeBatch:
         out = b.cut(position)
         last = next((end for t in reversed(out.tables) if (end := t.last) is not None), None)
         self._commit_ts.append((position, last[0].commit_ts if last is not None else _NO_TS))
         return out
 
-    def _watermark(self, b: _OpenBatch, msg: LogicalMessage, lsn: int) -> bool:
+    def _watermark(self, b: OpenBatch, msg: LogicalMessage, lsn: int) -> bool:
         """A watermark of the running incremental snapshot; True when chunk rows were added."""
         kind, _, wid = msg.content.decode(errors="replace").partition(" ")
         window = self._snapshot.windows.get(wid) if self._snapshot is not None else None
@@ -646,7 +613,7 @@ class PostgresSource:
             else:
                 self._log.info("snapshot_progress", **fields)
 
-    def _apply(self, b: _OpenBatch, msg: Message, tx: Transaction, seq: int, lsn: int, size: int) -> int:
+    def _apply(self, b: OpenBatch, msg: Message, tx: Transaction, seq: int, lsn: int, size: int) -> int:
         """Append the row changes of one decoded message of `tx`; return the last seq used."""
         changes: list[tuple[str, _Relation, RawRow | None, RawRow | None]]
         if isinstance(msg, Relation):
