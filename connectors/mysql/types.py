@@ -317,7 +317,8 @@ class MySqlRowCodec:
         The same values as `_json_value` per column: None stays null, `UNCHANGED` becomes
         Debezium's placeholder, a column with a JSON form goes through it.
         """
-        env: dict[str, Any] = {"dumps": orjson.dumps, "UNCHANGED": UNCHANGED, "UNAV": "__debezium_unavailable_value"}
+        env: dict[str, Any] = {"dumps": orjson.dumps, "UNCHANGED": UNCHANGED, "UNAV": "__debezium_unavailable_value",
+                               "UTC": UTC, "OPT": orjson.OPT_UTC_Z}
         items = []
         for i, (name, f) in enumerate(zip(self._names, self._json, strict=True)):
             env[f"n{i}"] = name
@@ -328,12 +329,17 @@ class MySqlRowCodec:
                 ty = self.types[i]
                 # DECIMAL's text inlined (the common case); others call their rendering.
                 call = f"format(v{i}, 'f')" if ty.type_code == NEWDECIMAL and not ty.sql_type else f"f{i}(v{i})"
+                if f is _json_datetime:
+                    # orjson renders a datetime in C (OPT_UTC_Z: "Z" for UTC) with all six fraction
+                    # digits: the same text unless the fraction has trailing zeros.
+                    utc = f"v{i}.tzinfo is UTC and " if ty.type_code in (TIMESTAMP, TIMESTAMP2) else ""
+                    call = f"v{i} if {utc}(v{i}.microsecond % 10 or not v{i}.microsecond) else {call}"
                 items.append(f"n{i}: None if v{i} is None else UNAV if v{i} is UNCHANGED else {call}")
         n = len(self._names)
         if not n:
             return lambda row: b"{}"
         unpack = ", ".join(f"v{i}" for i in range(n)) + ("," if n == 1 else "")
-        code = f"def to_json(row):\n    {unpack} = row\n    return dumps({{{', '.join(items)}}})\n"
+        code = f"def to_json(row):\n    {unpack} = row\n    return dumps({{{', '.join(items)}}}, option=OPT)\n"
         exec(compile(code, "<mysql row json>", "exec"), env)
         out: Callable[[RawRow], bytes] = env["to_json"]
         return out
