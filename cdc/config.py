@@ -155,6 +155,7 @@ class MySqlSourceConfig(_Strict):
     read_timeout_s: float = Field(default=30.0, gt=0)
     zero_dates: Literal["null", "fail"] = "null"
     snapshot_lock: Literal["none", "flush"] = "none"
+    on_binlog_gone: Literal["fail", "resnapshot"] = "fail"
 
 
 class FileSinkConfig(_Strict):

@@ -14,8 +14,19 @@ from typing import Any
 import pytest
 
 from cdc.sandbox import DisposableMariaDB
+from integration import mysql
 from integration.conftest import MariaDatabase, database_name
-from integration.daemon import Daemons, JobFiles, mysql_job_config, run_cdc, sink_position, wait_until, write_config
+from integration.daemon import (
+    Daemons,
+    JobFiles,
+    envelopes,
+    mysql_job_config,
+    rebuild,
+    run_cdc,
+    sink_position,
+    wait_until,
+    write_config,
+)
 from integration.test_errors import assert_user_error
 
 
@@ -86,17 +97,20 @@ def test_missing_replication_privilege_refused(db: MariaDatabase, tmp_path: Path
     assert_user_error(result, files, "lacks REPLICATION SLAVE, BINLOG MONITOR")
 
 
-def test_purged_binlog_refused(db: MariaDatabase, tmp_path: Path, daemons: Daemons) -> None:
-    """The binlog the sinks need was purged while the job was down: one line, exit 2, checkpoint kept."""
+def stream_then_purge(db: MariaDatabase, tmp_path: Path, daemons: Daemons, **source: Any) -> JobFiles:
+    """Stream a few rows into a file sink, stop the daemon, change rows, purge the binlogs the sinks need."""
     files = JobFiles(tmp_path / "job")
     write_config(files, mysql_job_config(files, host=db.host, port=db.port, user=db.user, password=db.password,
-                                         database=db.dbname))
+                                         database=db.dbname, **source))
     daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
     daemon.wait_for("replication_started")
-    db.execute("INSERT INTO t VALUES (1, 1)")
+    db.execute("INSERT INTO t VALUES (1, 1), (2, 2), (3, 3)")
     wait_until(lambda: sink_position(files.sink) is not None, 30, "a durable batch")
     assert daemon.terminate(10.0) == 0
-    held = sink_position(files.sink)
+    # While the job is down: changes the purge takes away, a delete among them.
+    db.execute("INSERT INTO t VALUES (4, 4), (5, 5)")
+    db.execute("UPDATE t SET v = 20 WHERE id = 2")
+    db.execute("DELETE FROM t WHERE id IN (1, 4)")
     db.server.execute("FLUSH BINARY LOGS; FLUSH BINARY LOGS")
     last = db.server.query("SHOW MASTER STATUS")[0][0]
 
@@ -105,12 +119,40 @@ def test_purged_binlog_refused(db: MariaDatabase, tmp_path: Path, daemons: Daemo
         return db.server.query("SHOW BINARY LOGS")[0][0] == last
 
     wait_until(purged, 20, "the old binlogs to be purged", interval=0.5)
+    return files
+
+
+def test_purged_binlog_refused(db: MariaDatabase, tmp_path: Path, daemons: Daemons) -> None:
+    """The binlog the sinks need was purged while the job was down: one line, exit 2, checkpoint kept."""
+    files = stream_then_purge(db, tmp_path, daemons)
+    held = sink_position(files.sink)
     result = run_cdc("run", files.config, timeout=60)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("cdc: error:")]
-    assert len(lines) == 1 and "purged" in lines[0] and "re-snapshot" in lines[0], result.stderr
+    assert len(lines) == 1 and "purged" in lines[0] and "on_binlog_gone: resnapshot" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert sink_position(files.sink) == held
+
+
+def test_purged_binlog_resnapshots(db: MariaDatabase, tmp_path: Path, daemons: Daemons) -> None:
+    """``on_binlog_gone: resnapshot``: a warning, a fresh snapshot (truncate first), then streaming on.
+
+    The rebuilt sink equals the source row by row: the rows deleted while the job was down
+    are gone, and a change after the re-snapshot streams in.
+    """
+    files = stream_then_purge(db, tmp_path, daemons, on_binlog_gone="resnapshot")
+    daemon = daemons.new(files.config, tmp_path / "cdc2.log").start()
+    daemon.wait_for("binlog_gone_resnapshotting")
+    daemon.wait_for("replication_started", timeout=60)
+    db.execute("INSERT INTO t VALUES (6, 6)")
+    expected = mysql.source_rows(db, "t")
+    assert sorted(expected) == [(2,), (3,), (5,), (6,)]
+    table = f"{db.dbname}.t"
+    wait_until(lambda: rebuild(files.sink).get(table) == expected, 30, "the sink to match the source")
+    assert daemon.terminate(10.0) == 0
+    ops = [e["op"] for e in envelopes(files.sink)]
+    assert ops == ["c", "c", "c", "t", "r", "r", "r", "c"], ops
+    assert "Traceback" not in daemon.stderr(all_runs=True)
 
 
 def test_binlog_off_refused(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ while it streams, and compares the table rebuilt from the sink's JSONL files wit
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -163,3 +164,24 @@ def test_catch_up_over_a_backlog_of_100k_transactions_repeats_nothing(
     ids = assert_no_duplicate_ids(files)
     assert len(ids) == 100_001
     assert sink_rows(files, name) == mysql.source_rows(db, "backlog")
+
+
+def test_the_gtid_of_the_last_transaction_the_sinks_hold_is_recorded(
+    items: MariaDatabase, tmp_path: Path, daemons: Daemons
+) -> None:
+    """``<job>.mysql-gtid.json`` names the server's last GTID once the sink holds everything (not yet used)."""
+    db = items
+    files = mysql.make_job(db, tmp_path)
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    daemon.wait_for("replication_started")
+    with mysql.connect(db) as conn, conn.cursor() as cur:
+        for n in range(1, 6):  # five transactions
+            cur.execute("INSERT INTO items (id, name) VALUES (%s, %s)", (n, f"gtid {n}"))
+    last = db.server.query("SELECT @@gtid_binlog_pos")[0][0]
+    wait_caught_up(db, files, daemon)
+    record = files.state_dir / f"{files.job}.mysql-gtid.json"
+    wait_until(lambda: record.exists() and json.loads(record.read_text())["gtid"] == last, 10,
+               f"the recorded GTID to reach {last}")
+    assert daemon.terminate(10.0) == 0
+    assert json.loads(record.read_text())["gtid"] == last
+    assert_clean_log(daemon)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from cdc.config import parse_config
 from cdc.errors import ConfigError
-from cdc.events import WHOLE_TRANSACTION, Column, Position
+from cdc.events import UNCHANGED, WHOLE_TRANSACTION, Column, Position
 from connectors.mysql import positions as pos
 from connectors.mysql import types as t
 from connectors.mysql.types import MySqlColumnType, MySqlRowCodec, float32_shortest, time_text
@@ -105,6 +105,54 @@ def test_codec_json_and_key() -> None:
         "tm": "-00:00:00.000001", "s": [], "b": "AP8=", "dd": "2024-03-01", "u": 2**64 - 1,
     }
     assert orjson.loads(c.key_json(ROW)) == {"id": 7}
+
+
+_REFERENCE_TYPES = [
+    MySqlColumnType(t.LONGLONG), MySqlColumnType(t.NEWDECIMAL, precision=12, scale=2),
+    MySqlColumnType(t.TIMESTAMP2, fsp=6), MySqlColumnType(t.DATETIME2, fsp=6), MySqlColumnType(t.TIME2, fsp=6),
+    MySqlColumnType(t.DATE), MySqlColumnType(t.BLOB, binary=True), MySqlColumnType(t.VARCHAR),
+    MySqlColumnType(t.STRING, sql_type="uuid", binary=True), MySqlColumnType(t.FLOAT),
+]
+_naive = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999_999))
+_REFERENCE_VALUES = [
+    st.integers(-(2**63), 2**63 - 1), st.decimals(places=2, allow_nan=False, allow_infinity=False,
+                                                  min_value=-10**9, max_value=10**9),
+    _naive.map(lambda v: v.replace(tzinfo=UTC)), _naive, st.timedeltas(timedelta(hours=-838), timedelta(hours=838)),
+    st.dates(), st.binary(max_size=8), st.text(max_size=8), st.text(max_size=8), st.floats(allow_nan=False),
+]
+
+
+@given(st.tuples(*[st.one_of(st.none(), st.just(UNCHANGED), v) for v in _REFERENCE_VALUES]))
+def test_compiled_to_json_equals_the_per_column_rendering(row: tuple[object, ...]) -> None:
+    """The generated per-table `to_json` gives the bytes of rendering each column by `_json_value`."""
+    c = MySqlRowCodec([Column(f"c{i}", ty.name) for i, ty in enumerate(_REFERENCE_TYPES)], _REFERENCE_TYPES)
+    reference = orjson.dumps({f"c{i}": c._json_value(i, v) for i, v in enumerate(row)})
+    assert c.to_json(row) == reference
+
+
+@given(_naive, st.booleans())
+def test_datetime_rendering_equals_the_field_by_field_text(v: datetime, utc: bool) -> None:
+    """The isoformat-based datetime text equals ``YYYY-MM-DDTHH:MM:SS`` plus the trimmed fraction (and Z)."""
+    expected = f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}"
+    expected += ("." + f"{v.microsecond:06d}".rstrip("0") if v.microsecond else "") + ("Z" if utc else "")
+    assert t._json_datetime(v.replace(tzinfo=UTC) if utc else v) == expected
+
+
+@given(st.tuples(st.none() | st.integers(0, 2**31), st.none() | _naive, st.none() | st.binary(max_size=16),
+                 st.none() | st.floats(allow_nan=False, width=32), st.none() | st.text(max_size=4)))
+def test_compiled_normaliser_equals_each_columns_normalisation(image: tuple[object, ...]) -> None:
+    """`compile_normaliser` applies each column's `normalise_binlog` to its non-NULL values (NULL stays)."""
+    types = [MySqlColumnType(t.LONG), MySqlColumnType(t.TIMESTAMP2, fsp=6),
+             MySqlColumnType(t.STRING, sql_type="uuid", binary=True), MySqlColumnType(t.FLOAT),
+             MySqlColumnType(t.VARCHAR)]
+    normalise = t.compile_normaliser(types)
+    assert normalise is not None
+    expected = []
+    for ty, v in zip(types, image, strict=True):
+        f = ty.normalise_binlog()
+        expected.append(v if v is None or f is None else f(v))
+    assert normalise(image) == tuple(expected)
+    assert t.compile_normaliser([MySqlColumnType(t.LONG), MySqlColumnType(t.VARCHAR)]) is None
 
 
 def test_codec_arrow_types_and_values() -> None:

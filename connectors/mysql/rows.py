@@ -68,33 +68,34 @@ def decimal_size(precision: int, scale: int) -> int:
 def decimal_decoder(precision: int, scale: int) -> Callable[[bytes], Decimal]:
     """A decoder of MySQL's binary DECIMAL(precision, scale): groups of 9 digits in 4 bytes
     (fewer for the leading and trailing digits), big-endian, the sign in the top bit and
-    negative values with every bit inverted. The groups' shifts are computed once here."""
+    negative values with every bit inverted. The groups' shifts are unrolled into one generated function."""
     intg = precision - scale
     widths = [intg % 9] + [9] * (intg // 9) + [9] * (scale // 9) + [scale % 9]
     pieces = [(_DIG2BYTES[w], w) for w in widths if w]
     size = sum(n for n, _ in pieces)
     top = 1 << (8 * size - 1)
     mask = (1 << (8 * size)) - 1
-    steps: list[tuple[int, int, int]] = []  # (shift, mask, 10**width), most significant first
+    # The unscaled integer as one expression over the groups (most significant first).
+    expr = "0"
     shift = 8 * size
     for nbytes, width in pieces:
         shift -= 8 * nbytes
-        steps.append((shift, (1 << (8 * nbytes)) - 1, 10**width))
-
-    def decode(data: bytes) -> Decimal:
-        v = int.from_bytes(data, "big")
-        negative = not v & top
-        if negative:
-            v ^= mask
-        v ^= top
-        unscaled = 0
-        for sh, m, base in steps:
-            unscaled = unscaled * base + ((v >> sh) & m)
-        if not scale:
-            return Decimal(-unscaled if negative else unscaled)
-        text = str(unscaled).zfill(scale + 1)
-        return Decimal(f"{'-' if negative else ''}{text[:-scale]}.{text[-scale:]}")
-
+        expr = f"({expr}) * {10**width} + ((v >> {shift}) & {(1 << (8 * nbytes)) - 1})"
+    # "<digits>e-<scale>" keeps the scale exactly (the context's precision does not apply), also
+    # for zero ("0e-2" is 0.00) and a negative zero.
+    positive, negative = (f"f'{{{expr}}}e-{scale}'", f"f'-{{{expr}}}e-{scale}'") if scale else (expr, f"-({expr})")
+    code = (
+        "def decode(data):\n"
+        "    v = from_bytes(data, 'big')\n"
+        f"    if v & {top}:\n"
+        f"        v ^= {top}\n"
+        f"        return Decimal({positive})\n"
+        f"    v ^= {mask ^ top}\n"
+        f"    return Decimal({negative})\n"
+    )
+    env: dict[str, Any] = {"from_bytes": int.from_bytes, "Decimal": Decimal}
+    exec(compile(code, f"<decimal({precision},{scale}) decoder>", "exec"), env)
+    decode: Callable[[bytes], Decimal] = env["decode"]
     return decode
 
 
@@ -116,11 +117,6 @@ def decode_datetime2(data: bytes, off: int, nbytes: int) -> datetime | None:
                         _fraction(data, off + 5, nbytes))
     except ValueError:
         return None  # a zero date (or zero month/day)
-
-
-def decode_timestamp2(data: bytes, off: int, nbytes: int) -> datetime:
-    seconds = int.from_bytes(data[off:off + 4], "big")
-    return _EPOCH + timedelta(seconds=seconds, microseconds=_fraction(data, off + 4, nbytes))
 
 
 def decode_time2(data: bytes, off: int, nbytes: int) -> timedelta:
@@ -157,9 +153,9 @@ def compile_decoder(columns: Sequence[RowColumn]) -> RowDecoder | None:
     """A decoder for full row images of these columns, or None when a type is not supported."""
     env: dict[str, Any] = {
         "decode_datetime2": decode_datetime2,
-        "decode_timestamp2": decode_timestamp2, "decode_time2": decode_time2, "decode_date": decode_date,
+        "decode_time2": decode_time2, "decode_date": decode_date,
         "from_bytes": int.from_bytes, "ZERO_DATE": ZERO_DATE, "ZERO_DATETIME2": ZERO_DATETIME2,
-        "EMPTY_SET": EMPTY_SET,
+        "EMPTY_SET": EMPTY_SET, "EPOCH": _EPOCH, "timedelta": timedelta,
     }
     n = len(columns)
     nb = (n + 7) // 8
@@ -233,7 +229,8 @@ def _column_code(i: int, c: RowColumn, v: str, env: dict[str, Any]) -> list[str]
                 f"if {v} is None: flags.append((row, side, {i}, ZERO_DATETIME2))"]
     if code == t.TIMESTAMP2:
         fb = _fsp_bytes(c.fsp)
-        return [f"{v} = decode_timestamp2(buf, off, {fb})", f"off += {4 + fb}"]
+        frac = f"from_bytes(buf[off + 4:off + {4 + fb}], 'big') * {_FRAC_SCALE[fb]}" if fb else "0"
+        return [f"{v} = EPOCH + timedelta(0, from_bytes(buf[off:off + 4], 'big'), {frac})", f"off += {4 + fb}"]
     if code == t.TIME2:
         fb = _fsp_bytes(c.fsp)
         return [f"{v} = decode_time2(buf, off, {fb})", f"off += {3 + fb}"]

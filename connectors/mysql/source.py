@@ -27,6 +27,7 @@ import queue
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from typing import Any
 import pymysql
 import structlog
 
+from cdc.checkpoints import write_atomically
 from cdc.config import MySqlSourceConfig, TablesConfig
 from cdc.errors import (
     CdcError,
@@ -65,12 +67,16 @@ from connectors.mysql.binlog import (
     TxStart,
 )
 from connectors.mysql.snapshot import Chunk, SnapshotReader, SnapshotTable, describe_table, sql_type
-from connectors.mysql.types import MySqlColumnType, MySqlRowCodec
+from connectors.mysql.types import MySqlColumnType, MySqlRowCodec, compile_normaliser
 
 log = structlog.get_logger(__name__)
 
 #: Records queued between the reader thread and the event loop (each at most one rows event).
 _QUEUE_RECORDS = 2_000
+#: Yielded batches whose GTID is remembered until acknowledged (older ones are dropped, never guessed).
+_GTID_PENDING = 10_000
+#: The GTID record is rewritten at most this often (and at close).
+_GTID_WRITE_S = 1.0
 
 
 class BinlogPurgedError(SourceSetupError):
@@ -81,7 +87,8 @@ class BinlogPurgedError(SourceSetupError):
 class _Table:
     schema: TableSchema
     codec: MySqlRowCodec
-    normalise: list[tuple[int, Callable[[Any], Any]]]
+    #: The table's `compile_normaliser` function (None: every value as the adapter gives it).
+    normalise: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None
     append: Callable[[RowChange], None] | None = None
 
 
@@ -153,6 +160,12 @@ class MySqlSource:
         state = state_dir if state_dir is not None else Path(tempfile.gettempdir()) / "cdc-state"
         #: Where the job first started streaming (used until a sink holds a position).
         self._bookmark = state / f"{name}.mysql-start.json"
+        #: The GTID of the last transaction every sink holds (a record toward GTID resume, docs/mysql.md).
+        self._gtid_file = state / f"{name}.mysql-gtid.json"
+        #: (commit, GTID of the last transaction committed up to it) per yielded batch, until acknowledged.
+        self._gtids: deque[tuple[int, str]] = deque(maxlen=_GTID_PENDING)
+        self._gtid_acked: tuple[int, str] | None = None
+        self._gtid_written_at = 0.0
         self._snapshot_mode = snapshot
         self._chunk_rows = snapshot_chunk_rows
         self._selected: set[tuple[str, str]] = set()
@@ -204,7 +217,8 @@ class MySqlSource:
         try:
             snapshots = self._snapshot_mode in ("initial", "initial_only")
             reload = None if cfg.snapshot_lock == "none" else True
-            server = catalog.check_server(conn, self.where, cfg.server_id, reload if snapshots else False)
+            may_snapshot = snapshots or cfg.on_binlog_gone == "resnapshot"
+            server = catalog.check_server(conn, self.where, cfg.server_id, reload if may_snapshot else False)
             tables = catalog.select_tables(conn, self._tables_config.include, self._tables_config.exclude, self.where)
             if not tables:
                 raise MissingTableError(
@@ -217,17 +231,11 @@ class MySqlSource:
                 raise SourceSetupError(f"{self.where}: the server lists no binary logs; is log_bin on?")
             self._base = logs[0].rpartition(".")[0]
             have = {pos.file_index(n) for n in logs}
-            snapshot_pending = resume_from is None or (not resume_from.whole and resume_from.commit & 1 == 1)
-            if snapshot_pending and self._snapshot_mode in ("initial", "initial_only"):
-                self._snapshot = SnapshotReader(self._connect, mariadb=server.mariadb, workers=self._workers,
-                                                lock=cfg.snapshot_lock == "flush" or not server.mariadb)
-                self._snapshot_tables = sorted(tables)
-                # Sinks holding part of an interrupted snapshot (an earlier, older consistent point)
-                # get each table truncated first: rows deleted since that point must not survive.
-                self._snapshot_truncates = resume_from is not None
-                self._start = (pos.file_index(self._snapshot.file), self._snapshot.position)
-                self._log.info("snapshot_started", mode=self._snapshot_mode, tables=len(tables),
-                               consistent_point=f"{self._snapshot.file}:{self._snapshot.position}")
+            mid_snapshot = resume_from is not None and not resume_from.whole and resume_from.commit & 1 == 1
+            if (resume_from is None and snapshots) or mid_snapshot:
+                # A job killed mid-snapshot (an initial one, or a re-snapshot after a purged binlog)
+                # takes a new snapshot whatever its `snapshot` mode.
+                self._begin_snapshot(server.mariadb, tables, truncates=resume_from is not None)
                 return
             if resume_from is None:
                 # The sinks hold nothing yet: start where the first run started (the source's
@@ -240,22 +248,50 @@ class MySqlSource:
                     self._write_bookmark(bookmark)
                 self._start = bookmark
                 if self._start[0] not in have:
+                    if cfg.on_binlog_gone == "resnapshot":
+                        self._log.warning("binlog_gone_resnapshotting", needed=pos.file_name(self._base, bookmark[0]),
+                                          oldest=logs[0], offset=bookmark[1])
+                        self._bookmark.unlink(missing_ok=True)
+                        self._begin_snapshot(server.mariadb, tables, truncates=False)
+                        return
                     raise BinlogPurgedError(
                         f"{self.where}: the job started at binlog {pos.file_name(self._base, self._start[0])}, "
                         f"which the server has purged (oldest: {logs[0]}); delete {self._bookmark} to start "
-                        "from the current position (changes since the first start are lost to this job)"
+                        "from the current position (changes since the first start are lost to this job), "
+                        "or set on_binlog_gone: resnapshot"
                     )
             else:
                 self._start = pos.resume_point(resume_from)
                 if self._start[0] not in have:
+                    if cfg.on_binlog_gone == "resnapshot":
+                        self._log.warning("binlog_gone_resnapshotting", oldest=logs[0], offset=self._start[1],
+                                          needed=pos.file_name(self._base, self._start[0]))
+                        self._begin_snapshot(server.mariadb, tables, truncates=True)
+                        return
                     raise BinlogPurgedError(
                         f"{self.where}: the sinks need binlog {pos.file_name(self._base, self._start[0])} at "
                         f"{self._start[1]}, which the server has purged (oldest: {logs[0]}); changes since are "
-                        "lost to this job: delete the sinks' data and the job's state to re-snapshot, and keep "
-                        "binlogs longer (binlog_expire_logs_seconds)"
+                        "lost to this job: set on_binlog_gone: resnapshot to re-snapshot every table, or delete "
+                        "the sinks' data and the job's state; keep binlogs longer (binlog_expire_logs_seconds)"
                     )
         except pymysql.Error as err:
             raise SourceConnectionError(f"{self.where}: {first_line(err)}") from err
+
+    def _begin_snapshot(self, mariadb: bool, tables: list[tuple[str, str]], *, truncates: bool) -> None:
+        """Open a consistent snapshot of `tables`; streaming then starts at its position.
+
+        `truncates`: the sinks may hold rows of an older point (an interrupted snapshot, or a
+        stream whose binlog was purged), so each table's snapshot starts with an ``op: "t"``
+        event and rows deleted since do not survive in mirrors.
+        """
+        cfg = self._config
+        self._snapshot = SnapshotReader(self._connect, mariadb=mariadb, workers=self._workers,
+                                        lock=cfg.snapshot_lock == "flush" or not mariadb)
+        self._snapshot_tables = sorted(tables)
+        self._snapshot_truncates = truncates
+        self._start = (pos.file_index(self._snapshot.file), self._snapshot.position)
+        self._log.info("snapshot_started", mode=self._snapshot_mode, tables=len(tables),
+                       consistent_point=f"{self._snapshot.file}:{self._snapshot.position}")
 
     def _open_stream(self) -> None:
         cfg = self._config
@@ -296,7 +332,7 @@ class MySqlSource:
             for database, table in self._snapshot_tables:
                 st = await asyncio.to_thread(describe_table, self._ctl, self.name, database, table)
                 tables.append(st)
-                rel = rels[str(st.schema.table)] = _Table(st.schema, st.codec, [])
+                rel = rels[str(st.schema.table)] = _Table(st.schema, st.codec, None)
                 if self._snapshot_truncates:
                     seq += 1
                     # A transaction object of its own: envelopes mark the reads of `tx` as snapshot reads.
@@ -419,10 +455,13 @@ class MySqlSource:
         tx: Transaction | None = None
         seq = 0
         gtid: str | None = None
+        committed_gtid: str | None = None  # of the last transaction or statement committed
 
         def emit(position: Position) -> ChangeBatch:
             nonlocal last_yielded
             last_yielded = position
+            if committed_gtid is not None and position.whole:
+                self._gtids.append((position.commit, committed_gtid))
             return b.cut(position)
 
         while not stop.is_set():
@@ -456,6 +495,7 @@ class MySqlSource:
                 elif isinstance(rec, TxCommit):
                     if tx is not None:
                         tx.xid = rec.xid
+                        committed_gtid = gtid
                         tx.commit_ts = datetime.fromtimestamp(rec.timestamp, UTC)
                         b.complete, tx = tx.position(), None
                         if b.full(max_events, max_bytes) or time.monotonic() - b.opened >= max_wait:
@@ -465,6 +505,7 @@ class MySqlSource:
                     self._tables.clear()
                     commit = tx.commit if tx is not None else pos.transaction_commit(index, rec.start)
                     tx = None
+                    committed_gtid = gtid
                     b.complete = Position(commit)
                     self._log.info("binlog_statement", database=rec.database, gtid=gtid,
                                    position=pos.describe(commit), statement=rec.query.split(None, 3)[:3])
@@ -496,26 +537,35 @@ class MySqlSource:
                 self._log.warning("zero_date_as_null", table=str(rel.schema.table),
                                   column=rel.schema.columns[col].name, count=self.zero_dates)
 
-        def norm(image: tuple[Any, ...], n: int, side: int) -> RawRow:
-            values = list(image)
-            for i, f in normalise:
-                v = values[i]
-                if v is not None:
-                    values[i] = f(v)
-            if flagged:
-                for i in flagged.get((n, side), ()):
+        def fixed(image: tuple[Any, ...], n: int, side: int) -> RawRow:
+            out = image if normalise is None else normalise(image)
+            empty = flagged.get((n, side))
+            if empty:
+                values = list(out)
+                for i in empty:
                     values[i] = []
-            return tuple(values)
+                return tuple(values)
+            return out
 
         if not b.events:
             b.opened = time.monotonic()  # the batch's wait starts with its first event
         append = rel.append or b.segment(rel)
         lsn = (index << 32) | rec.end
         op = rec.op
-        for n, (before, after) in enumerate(rec.images):
-            seq += 1
-            append((op, tx, seq, lsn, None if before is None else norm(before, n, 0),
-                    None if after is None else norm(after, n, 1)))
+        if flagged:
+            for n, (before, after) in enumerate(rec.images):
+                seq += 1
+                append((op, tx, seq, lsn, None if before is None else fixed(before, n, 0),
+                        None if after is None else fixed(after, n, 1)))
+        elif normalise is None:
+            for before, after in rec.images:
+                seq += 1
+                append((op, tx, seq, lsn, before, after))
+        else:
+            for before, after in rec.images:
+                seq += 1
+                append((op, tx, seq, lsn, None if before is None else normalise(before),
+                        None if after is None else normalise(after)))
         b.events += len(rec.images)
         b.nbytes += 64 * len(rec.images) * max(len(rel.schema.columns), 1)
         return seq
@@ -546,8 +596,7 @@ class MySqlSource:
             types.append(ty)
             columns.append(Column(c.name, ty.name, c.type_code, -1, c.primary))
         schema = TableSchema(TableId(self.name, table.database, table.table), tuple(columns))
-        normalise = [(i, f) for i, ty in enumerate(types) if (f := ty.normalise_binlog()) is not None]
-        rel = _Table(schema, MySqlRowCodec(columns, types), normalise)
+        rel = _Table(schema, MySqlRowCodec(columns, types), compile_normaliser(types))
         self._tables[key] = rel
         self._log.info("relation", table=str(schema.table), columns=len(columns), key=list(schema.key))
         return rel
@@ -556,9 +605,29 @@ class MySqlSource:
 
     async def acknowledge(self, position: Position) -> None:
         """Nothing to tell the server: a binlog has no slot. Retention is the server's
-        (binlog_expire_logs_seconds); a purged position fails the next start clearly."""
+        (binlog_expire_logs_seconds); a purged position fails the next start clearly.
+
+        Records the GTID of the last transaction every sink holds (``<job>.mysql-gtid.json``,
+        at most once a second and at close): not used to resume yet (docs/mysql.md)."""
+        pending = self._gtids
+        while pending and pending[0][0] <= position.commit:
+            self._gtid_acked = pending.popleft()
+        if self._gtid_acked is not None and time.monotonic() - self._gtid_written_at >= _GTID_WRITE_S:
+            await asyncio.to_thread(self._write_gtid)
+
+    def _write_gtid(self) -> None:
+        acked = self._gtid_acked
+        if acked is None:
+            return
+        self._gtid_written_at = time.monotonic()
+        self._gtid_file.parent.mkdir(parents=True, exist_ok=True)
+        commit, gtid = acked
+        write_atomically(self._gtid_file, json.dumps({"gtid": gtid, "position": pos.describe(commit),
+                                                      "commit": commit}).encode())
 
     async def close(self) -> None:
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self._write_gtid)
         pump, self._pump = self._pump, None
         if pump is not None:
             await asyncio.to_thread(pump.close)
