@@ -24,7 +24,7 @@ from psycopg import sql
 from cdc.events import UNCHANGED, ChangeBatch, Column, Position, TableId, TableSchema, Transaction
 from cdc.sandbox import DisposablePostgres
 from connectors.postgres import types as pgt
-from integration.brokers import broker_job
+from integration.brokers import broker_job, checkpoint_of
 from integration.conftest import PgDatabase, database_name
 from integration.daemon import (
     ITEMS_DDL,
@@ -133,19 +133,20 @@ def test_kill_9_twice_both_targets_equal_the_source(
     daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
     daemon.wait_for("replication_started")
     writer = ChangeWriter(pg, seed=7_2026)
-    durable: int | None = None
+    durable: dict[str, int] | None = None  # the job checkpoint's DuckDB entry at the last kill
     try:
         for tx in range(1, 61):
             if tx in (18, 40):
-                wait_until(lambda last=durable: pg_position(target, "postgres") not in (None, last), CATCH_UP_S,
-                           "the daemon to make a batch durable")
+                # The job checkpoint moves only once both sinks made a batch durable.
+                wait_until(lambda last=durable: checkpoint_of(files, "duckdb") not in (None, last), CATCH_UP_S,
+                           "the daemon to make a batch durable in both targets")
             writer.transaction()
             time.sleep(0.01)
             if tx in (18, 40):
                 assert daemon.kill() == -9
                 positions = [duckdb_position(duck, "duckdb"), pg_position(target, "postgres")]
                 assert None not in positions
-                durable = positions[1]
+                durable = checkpoint_of(files, "duckdb")
                 assert slot_confirmed_flush(pg, slot) <= min(p for p in positions if p is not None), (
                     "the slot was acknowledged past a sink")
             if tx in (24, 40):
