@@ -19,17 +19,15 @@ import argparse
 import json
 import os
 import platform
-import queue
 import shutil
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pymysql
 
+from bench.daemon import json_position, run_until
 from cdc import __version__
 from cdc.sandbox import DisposableMariaDB
 from connectors.mysql import positions
@@ -140,40 +138,14 @@ def _cdc(work: Path, db: DisposableMariaDB, start: tuple[int, int], end: int) ->
             "sinks": [{"type": "file", "path": str(events)}],
         }],
     }))
-    proc = subprocess.Popen([sys.executable, "-m", "cdc.cli", "run", str(config)], stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr or []], daemon=True).start()
-    started = None
     sink_state = events / "_cdc_file_sink.json"
-    deadline = time.monotonic() + 1800
-    try:
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.02)
-                if started is None and "replication_started" in line:
-                    started = time.perf_counter()
-            except queue.Empty:
-                pass
-            if proc.poll() is not None:
-                raise SystemExit(f"cdc exited early with {proc.returncode}")
-            if started is not None and sink_state.exists():
-                pos = json.loads(sink_state.read_text())["position"]["commit"]
-                if pos >= end:  # the idle heartbeat just past the last transaction
-                    elapsed = time.perf_counter() - started
-                    rss = _peak_rss_mb(proc.pid)
-                    size = sum(f.stat().st_size for f in events.rglob("*.jsonl"))
-                    return elapsed, rss, size
-        raise SystemExit("cdc did not finish within 1800 s")
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
+    def reached() -> bool:
+        position = json_position(sink_state, "position", "commit")
+        return position is not None and position >= end  # the idle heartbeat just past the last transaction
 
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    elapsed, rss = run_until(config, reached, 1800)
+    return elapsed, rss, sum(f.stat().st_size for f in events.rglob("*.jsonl"))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from typing import Any
 
 import psycopg
 
+from bench.daemon import peak_rss_mb
 from cdc import __version__
 from cdc.sandbox import DisposableNats, DisposablePostgres
 
@@ -108,7 +109,7 @@ def _run(work: Path, dsn: str, sink: str, nats: DisposableNats | None, args: arg
             time.sleep(0.01)
         stop.set()
         poller.join()
-        rss = _peak_rss_mb(proc.pid)
+        rss = peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -176,13 +177,6 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
         return {"p50_ms": None, "p99_ms": None, "max_ms": None}
     q = statistics.quantiles(values, n=100, method="inclusive")
     return {"p50_ms": round(q[49] * 1000, 1), "p99_ms": round(q[98] * 1000, 1), "max_ms": round(max(values) * 1000, 1)}
-
-
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 if __name__ == "__main__":

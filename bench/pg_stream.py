@@ -16,17 +16,15 @@ import argparse
 import json
 import os
 import platform
-import queue
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from bench.daemon import json_position, run_until
 from cdc import __version__
 from cdc.sandbox import DisposablePostgres
 
@@ -128,45 +126,14 @@ def _cdc(work: Path, dsn: str, end: int, sink: str) -> tuple[float, float, int]:
             "sinks": [SINKS[sink][0](events)],
         }],
     }))
-    prefix = os.environ.get("CDC_BENCH_WRAP", "").split()
-    proc = subprocess.Popen([*prefix, sys.executable, "-m", "cdc.cli", "run", str(config)],
-                            stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr or []], daemon=True).start()
-    started = None
-    state = work / "state" / "bench.checkpoint.json"  # the job's checkpoint: what every sink holds
-    deadline = time.monotonic() + 600
-    try:
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.02)
-                if started is None and "replication_started" in line:
-                    started = time.perf_counter()
-            except queue.Empty:
-                pass
-            if proc.poll() is not None:
-                raise SystemExit(f"cdc exited early with {proc.returncode}")
-            if started is not None and state.exists():
-                try:
-                    pos = json.loads(state.read_text())["source"]["commit"]
-                except (OSError, ValueError):
-                    continue
-                if pos >= end - 4096:  # the last commit record sits just below the final WAL end
-                    elapsed = time.perf_counter() - started
-                    rss = _peak_rss_mb(proc.pid)
-                    size = sum(f.stat().st_size for f in events.rglob("*") if f.is_file())
-                    return elapsed, rss, size
-        raise SystemExit("cdc did not finish within 600 s")
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    checkpoint = work / "state" / "bench.checkpoint.json"  # the job's checkpoint: what every sink holds
 
+    def reached() -> bool:
+        position = json_position(checkpoint, "source", "commit")
+        return position is not None and position >= end - 4096  # the last commit sits just below the WAL end
 
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    elapsed, rss = run_until(config, reached, 600)
+    return elapsed, rss, sum(f.stat().st_size for f in events.rglob("*") if f.is_file())
 
 
 if __name__ == "__main__":
