@@ -504,3 +504,28 @@ def slot_confirmed_flush(pg: PgDatabase, slot: str) -> int:
         "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = %s", (slot,))
     assert rows, f"slot {slot} is gone"
     return int(rows[0][0])
+
+
+def write_with_two_kills(writer: ChangeWriter, files: JobFiles, daemon: Daemon, sink: str,
+                         transactions: int = 40, timeout: float = 60.0) -> None:
+    """Commit `transactions` of `writer` while SIGKILLing the running `daemon` twice, each time once
+    the job checkpoint shows `sink` made a new batch durable; restart it while writes go on.
+    Closes the writer."""
+    from integration.brokers import checkpoint_of
+
+    first, second = round(transactions * 0.3), round(transactions * 0.65)
+    try:
+        last = None
+        for n in range(1, transactions + 1):
+            if n in (first, second):
+                wait_until(lambda held=last: checkpoint_of(files, sink) not in (None, held), timeout,
+                           f"{sink} to make a batch durable")
+                last = checkpoint_of(files, sink)
+            writer.transaction()
+            time.sleep(0.02)
+            if n in (first, second):
+                assert daemon.kill() == -9
+            if n in (first + 4, second):
+                daemon.start()
+    finally:
+        writer.close()

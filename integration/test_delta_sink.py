@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,6 @@ import pytest
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from integration.brokers import checkpoint_of
 from integration.conftest import PgDatabase
 from integration.daemon import (
     ITEMS_DDL,
@@ -31,6 +29,7 @@ from integration.daemon import (
     job_config,
     wait_until,
     write_config,
+    write_with_two_kills,
 )
 
 CATCH_UP_S = 60.0
@@ -94,22 +93,7 @@ def wait_equal(pg: PgDatabase, read: Any, daemon: Daemon, what: str) -> list[Any
 def run_with_two_kills(pg: PgDatabase, files: JobFiles, daemon: Daemon, sink: str) -> None:
     """Stream 40 transactions of ChangeWriter, SIGKILLing the daemon twice once `sink` made progress."""
     daemon.start().wait_for("replication_started", timeout=30)
-    writer = ChangeWriter(pg, seed=5150)
-    try:
-        last = None
-        for n in range(1, 41):
-            if n in (12, 26):
-                wait_until(lambda held=last: checkpoint_of(files, sink) not in (None, held), CATCH_UP_S,
-                           f"{sink} to make a batch durable")
-                last = checkpoint_of(files, sink)
-            writer.transaction()
-            time.sleep(0.02)
-            if n in (12, 26):
-                assert daemon.kill() == -9
-            if n in (16, 26):
-                daemon.start()
-    finally:
-        writer.close()
+    write_with_two_kills(ChangeWriter(pg, seed=5150), files, daemon, sink, timeout=CATCH_UP_S)
 
 
 def test_mirror_and_changelog_exact_across_two_kills(pg: PgDatabase, tmp_path: Path, daemons: Daemons) -> None:

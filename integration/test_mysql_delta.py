@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from integration import mysql
-from integration.brokers import checkpoint_of
 from integration.conftest import MariaDatabase
-from integration.daemon import ChangeWriter, Daemons, JobFiles, mysql_job_config, wait_until, write_config
+from integration.daemon import (
+    ChangeWriter,
+    Daemons,
+    JobFiles,
+    mysql_job_config,
+    wait_until,
+    write_config,
+    write_with_two_kills,
+)
 from integration.test_delta_sink import DATA, delta_rows, folded_changelog
 from integration.test_mysql_snapshot import seed
 
@@ -44,21 +50,7 @@ def test_snapshot_and_stream_into_a_delta_mirror_across_two_kills(
     writer = ChangeWriter(None, seed=5150, mysql=db)
     writer.next_id = 1000
     writer.live = list(range(1, 501))
-    try:
-        last = None
-        for n in range(1, 41):
-            if n in (12, 26):
-                wait_until(lambda held=last: checkpoint_of(files, "mirror") not in (None, held), CATCH_UP_S,
-                           "the mirror to make a batch durable")
-                last = checkpoint_of(files, "mirror")
-            writer.transaction()
-            time.sleep(0.02)
-            if n in (12, 26):
-                assert daemon.kill() == -9
-            if n in (16, 26):
-                daemon.start()
-    finally:
-        writer.close()
+    write_with_two_kills(writer, files, daemon, "mirror")
     mirror = str(lake / "mirror" / db.dbname / "items")
     log = str(lake / "log" / db.dbname / "items")
     expected = source_rows(db)

@@ -39,8 +39,6 @@ def items_table(db: MariaDatabase) -> str:
     return f"{db.dbname}.items"
 
 
-
-
 def wait_caught_up(db: MariaDatabase, files: JobFiles, daemon: Daemon, table: str = "items") -> dict[Key, Row]:
     """Wait until the sink's durable state equals the source table; return the source rows."""
     expected = mysql.source_rows(db, table, utc=("updated",))
@@ -50,10 +48,6 @@ def wait_caught_up(db: MariaDatabase, files: JobFiles, daemon: Daemon, table: st
     except AssertionError:
         assert sink_rows(files, name) == expected, daemon.tail()
     return expected
-
-
-
-
 
 
 @pytest.fixture

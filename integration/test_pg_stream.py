@@ -40,9 +40,6 @@ ITEMS = "public.items"
 CATCH_UP_S = 30.0
 
 
-
-
-
 def wait_caught_up(pg: PgDatabase, files: JobFiles, daemon: Daemon, table: str = ITEMS) -> dict[Key, Row]:
     """Wait until the sink's durable state equals the source table; return the source rows."""
     expected = source_rows(pg, table)
@@ -51,12 +48,6 @@ def wait_caught_up(pg: PgDatabase, files: JobFiles, daemon: Daemon, table: str =
     except AssertionError:
         assert sink_rows(files, table) == expected, daemon.tail()
     return expected
-
-
-
-
-
-
 
 
 @pytest.fixture

@@ -120,10 +120,6 @@ def wait_target_equal(pg: PgDatabase, target: PgDatabase, daemon: Daemon, schema
     return expected
 
 
-
-
-
-
 def test_kill_9_twice_both_targets_equal_the_source(
     pg: PgDatabase, target: PgDatabase, tmp_path: Path, daemons: Daemons
 ) -> None:
