@@ -46,6 +46,15 @@ class KeylessTableError(ConfigError):
     """A mirror (or warehouse) sink was asked to keep a table that has no key."""
 
 
+def holds_rows(tc: TableChanges) -> bool:
+    """False for the pseudo-table of selected logical messages (op ``m``): nothing a table stores.
+
+    Messages never share a `TableChanges` with row changes (each prefix is its own
+    pseudo-table), so the first change tells.
+    """
+    return tc.block is not None or not tc.changes or tc.changes[0][0] != "m"
+
+
 def keep_column(index: int) -> str:
     """The name of the flag column saying data column `index` keeps the target's stored value."""
     return f"_cdc_keep_{index}"
@@ -114,6 +123,8 @@ def mirror_steps(tc: TableChanges) -> list[MirrorStep]:
     key deletes the old key. An update with unchanged columns takes their values from an
     earlier change of the same key in this run when there is one, else flags them to keep.
     """
+    if not holds_rows(tc):
+        return []
     schema = tc.schema
     key_idx = [i for i, c in enumerate(schema.columns) if c.key]
     if not key_idx:

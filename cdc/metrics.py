@@ -173,11 +173,9 @@ def last_commit_ts(batch: ChangeBatch) -> datetime | None:
     """The latest commit time among the batch's events, or None for a heartbeat."""
     latest: datetime | None = None
     for t in batch.tables:
-        if not len(t):
-            continue
-        ts = t.block.tx.commit_ts if t.block is not None else t.changes[-1][1].commit_ts
-        if latest is None or ts > latest:
-            latest = ts
+        last = t.last
+        if last is not None and (latest is None or last[0].commit_ts > latest):
+            latest = last[0].commit_ts
     return latest
 
 

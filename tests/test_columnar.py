@@ -103,3 +103,10 @@ def test_changelog_splits_an_update_of_the_key() -> None:
         {"id": 1, "_cdc_op": "d", "_cdc_position": position_text(100, 1)},
         {"id": 2, "_cdc_op": "u", "_cdc_position": position_text(100, 1)},
     ]
+
+
+def test_logical_messages_are_no_table_rows() -> None:
+    """A logical-message pseudo-table (no key) yields no mirror step and no changelog row, without an error."""
+    messages = table(USERS, [("m", TX1, 1, 0, None, (b"app",))])
+    assert mirror_steps(messages) == []
+    assert changelog_table(messages).num_rows == 0

@@ -241,3 +241,11 @@ def test_a_commit_lost_to_another_writer_of_the_same_position_is_not_applied_twi
         asyncio.run(b.write(second))  # b's view is stale: it must not apply `second` again
         data = DeltaTable(str(root / "public/orders")).to_pyarrow_table()
         assert data.num_rows == (2 if mode == "mirror" else 3), mode
+
+
+def test_logical_messages_reach_no_delta_table(tmp_path: Path) -> None:
+    """A batch holding a logical message (a keyless pseudo-table) writes nothing to a mirror and moves on."""
+    s = sink(tmp_path)
+    asyncio.run(s.write(batch(USERS, [("m", tx(1), 1, 0, None, (b"app",))])))
+    assert s.position() == Position(100)
+    assert not (tmp_path / "public").exists()

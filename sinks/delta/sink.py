@@ -41,7 +41,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from deltalake.schema import Field as DeltaField
 
 from cdc.checkpoints import StoredPosition
-from cdc.columnar import COMMIT_TS, OP, POSITION, changelog_table, keep_column, mirror_steps
+from cdc.columnar import COMMIT_TS, OP, POSITION, changelog_table, holds_rows, keep_column, mirror_steps
 from cdc.config import DeltaSinkConfig
 from cdc.errors import CdcError, SinkError, SinkWriteError, first_line
 from cdc.events import WHOLE_TRANSACTION, ChangeBatch, Position, TableChanges, Transaction
@@ -150,13 +150,14 @@ class DeltaSink:
         last_of: dict[str, int] = {str(tc.schema.table): i for i, tc in enumerate(batch.tables)}
         for i, tc in enumerate(batch.tables):
             last = tc.last
-            if last is None:
+            if last is None or not holds_rows(tc):  # logical messages are not written to Delta tables
                 continue
             name = str(tc.schema.table)
             reach = batch.position if last_of[name] == i else Position(last[0].commit, last[1])
             await asyncio.to_thread(self._write_table, tc, reach)
         self._position = batch.position
-        await asyncio.to_thread(self._maintain)
+        if self._maintenance_due():
+            await asyncio.to_thread(self._maintain)
 
     async def close(self) -> None:
         self._tables.clear()
@@ -345,12 +346,21 @@ class DeltaSink:
 
     # -- maintenance ----------------------------------------------------------------------
 
-    def _maintain(self) -> None:
-        """Compact and vacuum the tables written since the last run, when their intervals are due."""
+    def _due(self) -> tuple[bool, bool]:
+        """Whether compaction and vacuum are due now."""
         now = time.monotonic()
         cfg = self._config
         compact = cfg.compact_interval_s is not None and now - self._last_compact >= cfg.compact_interval_s
         vacuum = cfg.vacuum_interval_s is not None and now - self._last_vacuum >= cfg.vacuum_interval_s
+        return compact, vacuum
+
+    def _maintenance_due(self) -> bool:
+        return any(self._due())
+
+    def _maintain(self) -> None:
+        """Compact and vacuum the tables written since the last run, when their intervals are due."""
+        now = time.monotonic()
+        compact, vacuum = self._due()
         if not (compact or vacuum):
             return
         size = int(self._config.target_file_size) if self._config.target_file_size else None

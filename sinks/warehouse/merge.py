@@ -32,7 +32,7 @@ import pyarrow as pa
 import structlog
 from psycopg import sql
 
-from cdc.columnar import OP, keep_column, mirror_steps
+from cdc.columnar import OP, holds_rows, keep_column, mirror_steps
 from cdc.errors import CdcError, CheckpointError, SinkError, SinkWriteError, first_line
 from cdc.events import ChangeBatch, Position, TableChanges, TableSchema
 from sinks.warehouse.schema import Change, Dialect, TargetNames, evolve
@@ -229,8 +229,8 @@ class WarehouseSink:
         self._targets.clear()
 
     def _apply(self, tc: TableChanges) -> None:
-        if tc.block is None and all(change[0] == "m" for change in tc.changes):
-            return  # logical messages are not table rows (a block holds snapshot rows)
+        if not holds_rows(tc):
+            return  # logical messages are not table rows
         schema = tc.schema
         if not schema.key:
             raise SinkError(
