@@ -483,6 +483,16 @@ def sink_rows(files: JobFiles, table: str, *, durable_only: bool = True) -> dict
     return rebuild(files.sink, durable_only=durable_only).get(table, {})
 
 
+def wait_sink_equal(files: JobFiles, daemon: Daemon, table: str, expected: dict[Key, Row],
+                    timeout: float = 30.0) -> dict[Key, Row]:
+    """Wait until the file sink's durable `table` equals `expected` (fail with the daemon's log tail)."""
+    try:
+        wait_until(lambda: sink_rows(files, table) == expected, timeout, "the sink to match the source")
+    except AssertionError:
+        assert sink_rows(files, table) == expected, daemon.tail()
+    return expected
+
+
 def assert_no_duplicate_ids(files: JobFiles) -> list[str]:
     """Every event id of the file sink, asserting none was written twice."""
     ids = event_ids(files.sink)

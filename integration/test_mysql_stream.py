@@ -28,6 +28,7 @@ from integration.daemon import (
     mysql_job_config,
     sink_position,
     sink_rows,
+    wait_sink_equal,
     wait_until,
     write_config,
 )
@@ -42,12 +43,7 @@ def items_table(db: MariaDatabase) -> str:
 def wait_caught_up(db: MariaDatabase, files: JobFiles, daemon: Daemon, table: str = "items") -> dict[Key, Row]:
     """Wait until the sink's durable state equals the source table; return the source rows."""
     expected = mysql.source_rows(db, table, utc=("updated",))
-    name = f"{db.dbname}.{table}"
-    try:
-        wait_until(lambda: sink_rows(files, name) == expected, CATCH_UP_S, "the sink to match the source")
-    except AssertionError:
-        assert sink_rows(files, name) == expected, daemon.tail()
-    return expected
+    return wait_sink_equal(files, daemon, f"{db.dbname}.{table}", expected, CATCH_UP_S)
 
 
 @pytest.fixture

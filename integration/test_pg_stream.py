@@ -32,6 +32,7 @@ from integration.daemon import (
     sink_position,
     sink_rows,
     slot_confirmed_flush,
+    wait_sink_equal,
     wait_until,
     write_config,
 )
@@ -42,12 +43,7 @@ CATCH_UP_S = 30.0
 
 def wait_caught_up(pg: PgDatabase, files: JobFiles, daemon: Daemon, table: str = ITEMS) -> dict[Key, Row]:
     """Wait until the sink's durable state equals the source table; return the source rows."""
-    expected = source_rows(pg, table)
-    try:
-        wait_until(lambda: sink_rows(files, table) == expected, CATCH_UP_S, "the sink to match the source")
-    except AssertionError:
-        assert sink_rows(files, table) == expected, daemon.tail()
-    return expected
+    return wait_sink_equal(files, daemon, table, source_rows(pg, table), CATCH_UP_S)
 
 
 @pytest.fixture
