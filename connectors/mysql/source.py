@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pymysql
 import structlog
@@ -90,6 +90,10 @@ class _Table:
     #: The table's `compile_normaliser` function (None: every value as the adapter gives it).
     normalise: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None
     append: Callable[[RowChange], None] | None = None
+
+
+#: Seconds between two `zero_date_as_null` warnings of the same column.
+_ZERO_DATE_LOG_S: Final = 10.0
 
 
 class _Pump:
@@ -178,6 +182,7 @@ class MySqlSource:
         self._pump: _Pump | None = None
         self._ctl: pymysql.connections.Connection[Any] | None = None
         self.zero_dates = 0  # zero dates delivered as NULL (a counter for metrics)
+        self._zero_dates_logged: dict[tuple[str, int], float] = {}  # (table, column) -> last warning time
         #: Snapshot progress per table (rows, rows/s, done), for /status.
         self.snapshot_status: dict[str, dict[str, Any]] = {}
         self._log = log.bind(job=name, source="mysql")
@@ -534,8 +539,13 @@ class MySqlSource:
                         "set zero_dates: null to deliver them as NULL"
                     )
                 self.zero_dates += 1
-                self._log.warning("zero_date_as_null", table=str(rel.schema.table),
-                                  column=rel.schema.columns[col].name, count=self.zero_dates)
+                # The first per column, then at most one warning per column every 10 s: a legacy
+                # table full of zero dates must not flood the log.
+                where, now = (str(rel.schema.table), col), time.monotonic()
+                if now - self._zero_dates_logged.get(where, -_ZERO_DATE_LOG_S) >= _ZERO_DATE_LOG_S:
+                    self._zero_dates_logged[where] = now
+                    self._log.warning("zero_date_as_null", table=where[0], column=rel.schema.columns[col].name,
+                                      count=self.zero_dates)
 
         def fixed(image: tuple[Any, ...], n: int, side: int) -> RawRow:
             out = image if normalise is None else normalise(image)
