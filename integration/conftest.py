@@ -31,7 +31,7 @@ import psycopg
 import pytest
 from psycopg.abc import Params, QueryNoTemplate
 
-from cdc.sandbox import DisposableMariaDB, DisposablePostgres
+from cdc.sandbox import DisposableMariaDB, DisposableNats, DisposablePostgres, DisposableRedis
 from integration.daemon import Daemons
 
 #: PostgreSQL truncates identifiers to 63 bytes; MariaDB database names allow 64.
@@ -154,3 +154,17 @@ def daemons() -> Iterator[Daemons]:
         yield group
     finally:
         group.stop_all()
+
+
+@pytest.fixture
+def nats_server() -> Iterator[DisposableNats]:
+    """A private nats-server with JetStream for this test."""
+    with DisposableNats() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_server() -> Iterator[DisposableRedis]:
+    """A private redis-server (append-only file, fsync always) for this test."""
+    with DisposableRedis() as server:
+        yield server

@@ -10,11 +10,8 @@ table it rebuilds must equal a ``SELECT`` of the source, row by row.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from cdc.sandbox import DisposableNats, DisposableRedis
 from integration.brokers import (
@@ -30,21 +27,6 @@ from integration.daemon import ITEMS_DDL, ChangeWriter, Daemons, wait_until
 
 CATCH_UP_S = 40.0
 OUTAGE_S = 10.0
-
-
-@pytest.fixture
-def nats_server() -> Iterator[DisposableNats]:
-    """A private nats-server with JetStream for this test."""
-    with DisposableNats() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_server() -> Iterator[DisposableRedis]:
-    """A private redis-server (append-only file, fsync always) for this test."""
-    with DisposableRedis() as server:
-        yield server
-
 
 
 def _sinks(nats: DisposableNats, redis: DisposableRedis) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import nats
@@ -29,20 +28,6 @@ from tests.builders import ORDERS, TS, table
 
 INFO = SourceInfo(connector="postgresql", name="shop", database="shopdb")
 FAST = {"retry_backoff_s": 0.1, "retry_max_backoff_s": 0.5, "write_timeout_s": 30.0}
-
-
-@pytest.fixture
-def nats_server() -> Iterator[DisposableNats]:
-    """A private nats-server with JetStream for this test."""
-    with DisposableNats() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_server() -> Iterator[DisposableRedis]:
-    """A private redis-server (append-only file, fsync always) for this test."""
-    with DisposableRedis() as server:
-        yield server
 
 
 def batch(commit: int, ids: range, *, first_seq: int = 1, whole: bool = True) -> ChangeBatch:

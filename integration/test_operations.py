@@ -163,13 +163,6 @@ def test_metrics_status_and_secrets_of_a_full_run(pg: PgDatabase, tmp_path: Path
     assert rebuild(files.sink)["public.items"] == items(pg)
 
 
-@pytest.fixture
-def redis_server() -> Iterator[DisposableRedis]:
-    """A private redis-server for this test."""
-    with DisposableRedis() as server:
-        yield server
-
-
 def test_healthz_turns_503_while_a_sink_is_down_and_200_after(
     pg: PgDatabase, tmp_path: Path, daemons: Daemons, redis_server: DisposableRedis
 ) -> None:
