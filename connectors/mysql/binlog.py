@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pymysql
@@ -42,7 +42,7 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.row_event import DeleteRowsEvent, RowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
 
-from connectors.mysql.rows import RowColumn, RowDecoder, compile_decoder, text_encoding
+from connectors.mysql.rows import Decoded, RowColumn, RowDecoder, compile_decoder, text_encoding
 
 #: The client error codes of a lost connection (CR_SERVER_GONE_ERROR, CR_SERVER_LOST).
 _LOST = frozenset({2006, 2013})
@@ -91,11 +91,18 @@ class BinlogColumn:
 
 @dataclass(frozen=True, slots=True)
 class TableMap:
-    """A table as a table map event describes it (the schema of the rows that follow)."""
+    """A table as a table map event describes it (the schema of the rows that follow).
+
+    `shape` is what the compiled row decoders need (connectors/mysql/rows.py), None when
+    they do not know a column type (the library decodes that table's rows); `decoder` is
+    the compiled decoder of the library's values for it.
+    """
 
     database: str
     table: str
     columns: tuple[BinlogColumn, ...]
+    shape: tuple[RowColumn, ...] | None = None
+    decoder: RowDecoder | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,19 +117,35 @@ class TxStart:
 
 @dataclass(frozen=True, slots=True)
 class Rows:
-    """The row images of one rows event of `table`: ``(before, after)`` per row, in order.
+    """The rows of one rows event of `table`.
 
-    Each image is a tuple of column values in table-map order as the library decoded
-    them; `flags` marks values the library returned as None for a reason other than
-    NULL (``(row, side, column, source)``, side 0 before and 1 after: zero dates, the
-    empty SET).
+    Either `body`, the row images' bytes (every column present and `table.shape` known: the
+    source decodes them straight into its changes, `rows.compile_change_decoder`), or the
+    library's decoding. Either way `images` gives ``(before, after)`` per row, in order, each
+    a tuple of column values in table-map order as the library decodes them, and `flags`
+    the values the library returns as None for a reason other than NULL (``(row, side,
+    column, source)``, side 0 before and 1 after: zero dates, the empty SET).
     """
 
     op: str  # "c", "u", "d"
     table: TableMap
-    images: list[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]]
-    flags: list[tuple[int, int, int, str]]
     end: int  # binlog position after the event
+    body: bytes | None = None
+    decoded: Decoded | None = None
+
+    @property
+    def images(self) -> list[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]]:
+        return self._decoded()[0]
+
+    @property
+    def flags(self) -> list[tuple[int, int, int, str]]:
+        return self._decoded()[1]
+
+    def _decoded(self) -> Decoded:
+        if self.decoded is not None:
+            return self.decoded
+        assert self.body is not None and self.table.decoder is not None
+        return self.table.decoder(self.body, self.op)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,8 +277,8 @@ class BinlogReader:
         )
         self._file = log_file
         self._maps: dict[int, TableMap] = {}  # table id -> map, within the current binlog file only
-        self._decoders: dict[int, RowDecoder | None] = {}
-        self._compiled: dict[tuple[RowColumn, ...], RowDecoder | None] = {}  # by column types, across files
+        #: By column types, across files; the key is the one shape object handed out for them.
+        self._compiled: dict[tuple[RowColumn, ...], tuple[tuple[RowColumn, ...], RowDecoder | None]] = {}
         #: Rows events decoded by the compiled decoder and by the library (for tests and logs).
         self.decoded = {"compiled": 0, "library": 0}
         self._in_tx = False
@@ -293,13 +316,13 @@ class BinlogReader:
             if isinstance(event, RotateEvent):
                 self._file = str(event.next_binlog)
                 self._maps.clear()
-                self._decoders.clear()
                 yield Rotate(self._file, int(event.position))
             elif isinstance(event, TableMapEvent):
+                shape, decoder = self._decoder(event.columns)
                 self._maps[int(event.table_id)] = TableMap(
-                    str(event.schema), str(event.table), tuple(_column(c) for c in event.columns)
+                    str(event.schema), str(event.table), tuple(_column(c) for c in event.columns),
+                    shape if decoder is not None else None, decoder,
                 )
-                self._decoders[int(event.table_id)] = self._decoder(event.columns)
             elif isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
                 yield self._rows(event, end)
             elif isinstance(event, MariadbGtidEvent | GtidEvent):
@@ -327,31 +350,30 @@ class BinlogReader:
             elif isinstance(event, HeartbeatLogEvent) and not self._in_tx:
                 yield Idle(self._file, end)
 
-    def _decoder(self, columns: Any) -> RowDecoder | None:
+    def _decoder(self, columns: Any) -> tuple[tuple[RowColumn, ...] | None, RowDecoder | None]:
         if not self.compiled_rows:
-            return None
+            return None, None
         shape = tuple(_row_column(c) for c in columns)
-        if shape not in self._compiled:
-            self._compiled[shape] = compile_decoder(shape)
-        return self._compiled[shape]
+        known = self._compiled.get(shape)
+        if known is None:
+            known = self._compiled[shape] = (shape, compile_decoder(shape))
+        return known
 
     def _rows(self, event: Any, end: int) -> Rows:
         table = self._maps.get(int(event.table_id))
         if table is None:
             raise BinlogConnectionLost(f"rows of table id {event.table_id} without a table map")
-        decoder = self._decoders.get(int(event.table_id))
         full = b"\xff" * (len(table.columns) // 8) + (bytes([(1 << (len(table.columns) % 8)) - 1])
                                                        if len(table.columns) % 8 else b"")
         if (
-            decoder is not None
+            table.decoder is not None
             and event.columns_present_bitmap == full
             and getattr(event, "columns_present_bitmap2", full) == full
         ):
             op = "u" if isinstance(event, UpdateRowsEvent) else "c" if isinstance(event, WriteRowsEvent) else "d"
             packet = event.packet
-            decoded, flagged = decoder(packet.read(event.event_size - packet.read_bytes), op)
             self.decoded["compiled"] += 1
-            return Rows(op, table, decoded, flagged, end)
+            return Rows(op, table, end, body=packet.read(event.event_size - packet.read_bytes))
         self.decoded["library"] += 1
         images: list[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]] = []
         flags: list[tuple[int, int, int, str]] = []
@@ -373,7 +395,7 @@ class BinlogReader:
                 for name, source in row["none_sources"].items():
                     if source != NONE_SOURCE.NULL:
                         flags.append((n, 1 if op == "c" else 0, names.index(name), source))
-        return Rows(op, table, images, flags, end)
+        return Rows(op, table, end, decoded=(images, flags))
 
 
 def plain_row_iteration(*, host: str, port: int, user: str, password: str, server_id: int, log_file: str,

@@ -23,21 +23,28 @@ import codecs
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, date, datetime, timedelta
+from decimal import Context, Decimal
 from typing import Any
 
+from cdc.events import RowChange, Transaction
 from connectors.mysql import types as t
 
 #: ``(before, after)`` images per row, and ``(row, side, column, reason)`` flags.
 Decoded = tuple[list[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]], list[tuple[int, int, int, str]]]
 #: ``decode(data, op)``: the rows of one rows event body (after its column bitmaps).
 RowDecoder = Callable[[bytes, str], Decoded]
+#: ``decode(data, op, tx, seq, lsn, append, zero)``: appends one `RowChange` per row of the body
+#: (``seq`` counted on from the given one) and returns the last seq; ``zero(column)`` is called
+#: for every zero date, which the change holds as None.
+ChangeDecoder = Callable[[bytes, str, Transaction, int, int, Callable[[RowChange], None], Callable[[int], None]], int]
 
 ZERO_DATE = "out of date range"
 ZERO_DATETIME2 = "out of datetime2 range"
 EMPTY_SET = "empty set"
 _EPOCH = datetime(1970, 1, 1)
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+_EXACT = Context(prec=100)  # wider than DECIMAL's 65 digits: scaling never rounds
 _DIG2BYTES = (0, 1, 1, 2, 2, 3, 3, 4, 4, 4)
 _FRAC_SCALE = {0: 0, 1: 10_000, 2: 100, 3: 1}  # microseconds per unit of a 1, 2, 3-byte fraction
 
@@ -81,19 +88,21 @@ def decimal_decoder(precision: int, scale: int) -> Callable[[bytes], Decimal]:
     for nbytes, width in pieces:
         shift -= 8 * nbytes
         expr = f"({expr}) * {10**width} + ((v >> {shift}) & {(1 << (8 * nbytes)) - 1})"
-    # "<digits>e-<scale>" keeps the scale exactly (the context's precision does not apply), also
-    # for zero ("0e-2" is 0.00) and a negative zero.
-    positive, negative = (f"f'{{{expr}}}e-{scale}'", f"f'-{{{expr}}}e-{scale}'") if scale else (expr, f"-({expr})")
+    # The unscaled integer scaled by 10**-scale in a context wide enough for any DECIMAL (exact,
+    # the scale kept: 0 is 0.00); a negative zero as "-0e-<scale>" (scaleb would drop its sign).
+    positive = f"Decimal({expr}).scaleb(-{scale}, EXACT)" if scale else f"Decimal({expr})"
+    negative = f"Decimal(-u).scaleb(-{scale}, EXACT) if u else Decimal('-0e-{scale}')" if scale else "Decimal(-u)"
     code = (
         "def decode(data):\n"
         "    v = from_bytes(data, 'big')\n"
         f"    if v & {top}:\n"
         f"        v ^= {top}\n"
-        f"        return Decimal({positive})\n"
+        f"        return {positive}\n"
         f"    v ^= {mask ^ top}\n"
-        f"    return Decimal({negative})\n"
+        f"    u = {expr}\n"
+        f"    return {negative}\n"
     )
-    env: dict[str, Any] = {"from_bytes": int.from_bytes, "Decimal": Decimal}
+    env: dict[str, Any] = {"from_bytes": int.from_bytes, "Decimal": Decimal, "EXACT": _EXACT}
     exec(compile(code, f"<decimal({precision},{scale}) decoder>", "exec"), env)
     decode: Callable[[bytes], Decimal] = env["decode"]
     return decode
@@ -196,6 +205,129 @@ def compile_decoder(columns: Sequence[RowColumn]) -> RowDecoder | None:
     return decoder
 
 
+def compile_change_decoder(columns: Sequence[RowColumn], types: Sequence[t.MySqlColumnType]) -> ChangeDecoder | None:
+    """A decoder of full row images straight into the source's normalised `RowChange`s.
+
+    The values are `compile_decoder`'s (the library's) after `MySqlColumnType.normalise_binlog`,
+    with the source's fixes for values the library flags: the empty SET as ``[]``, a zero
+    date as None after ``zero(column)`` (which may raise). So one generated function does
+    what the adapter's decoder, the table's normaliser and the source's flag handling do
+    one after the other; TIMESTAMP decodes to an aware `datetime`, SET to its label list,
+    BIT to its integer, YEAR and MariaDB's UUID to their values directly, and columns
+    whose normalisation has no inline form call their `normalise_binlog` function. None
+    when `compile_decoder` would be None.
+    `tests/test_mysql_rows.py` checks it against `compile_decoder` plus the normalisation.
+    """
+    if len(columns) != len(types) or compile_decoder(columns) is None:
+        return None
+    env: dict[str, Any] = {
+        "decode_datetime2": decode_datetime2, "decode_time2": decode_time2, "decode_date": decode_date,
+        "from_bytes": int.from_bytes, "EPOCH": _EPOCH, "EPOCH_UTC": _EPOCH_UTC, "timedelta": timedelta,
+    }
+    n = len(columns)
+    nb = (n + 7) // 8
+    bodies: list[list[str]] = []
+    for i, (c, ty) in enumerate(zip(columns, types, strict=True)):
+        body = _fused_code(i, c, ty, f"v{i}", env)
+        if body is None:
+            return None
+        bodies.append(body)
+    # Bits past the last column are 1 in MySQL's null bitmaps: the masks keep the columns'.
+    masks = [0xFF] * (n // 8) + ([(1 << (n % 8)) - 1] if n % 8 else [])
+    lines = ["def image(buf, off, zero):"]
+    lines += [f"    n{k} = buf[off + {k}]" for k in range(nb)]
+    lines.append(f"    off += {nb}")
+    # The common row without a NULL: straight-line code.
+    lines.append(f"    if not ({' or '.join(f'n{k} & {m}' for k, m in enumerate(masks))}):")
+    for body in bodies:
+        lines.extend("        " + line for line in body)
+    values = f"({', '.join(f'v{i}' for i in range(n))}{',' if n == 1 else ''})"
+    lines.append(f"        return {values}, off")
+    for i, body in enumerate(bodies):
+        lines.append(f"    if n{i >> 3} & {1 << (i & 7)}:")
+        lines.append(f"        v{i} = None")
+        lines.append("    else:")
+        lines.extend("        " + line for line in body)
+    lines.append(f"    return {values}, off")
+    lines += [
+        "def decode(buf, op, tx, seq, lsn, append, zero):",
+        "    off = 0",
+        "    end = len(buf)",
+        "    if op == 'c':",
+        "        while off < end:",
+        "            after, off = image(buf, off, zero)",
+        "            seq += 1",
+        "            append(('c', tx, seq, lsn, None, after))",
+        "    elif op == 'u':",
+        "        while off < end:",
+        "            before, off = image(buf, off, zero)",
+        "            after, off = image(buf, off, zero)",
+        "            seq += 1",
+        "            append(('u', tx, seq, lsn, before, after))",
+        "    else:",
+        "        while off < end:",
+        "            before, off = image(buf, off, zero)",
+        "            seq += 1",
+        "            append((op, tx, seq, lsn, before, None))",
+        "    return seq",
+    ]
+    exec(compile("\n".join(lines), "<mysql change decoder>", "exec"), env)
+    decoder: ChangeDecoder = env["decode"]
+    return decoder
+
+
+def _timestamp2(fb: int) -> list[str]:
+    """`sec` and `us` of a TIMESTAMP(fsp) at `off`: big-endian seconds, then `fb` bytes of fraction."""
+    if not fb:
+        return ["sec = from_bytes(buf[off:off + 4], 'big')", "us = 0"]
+    scale = f" * {_FRAC_SCALE[fb]}" if _FRAC_SCALE[fb] != 1 else ""
+    return [f"sec = from_bytes(buf[off:off + {4 + fb}], 'big')", f"us = (sec & {(1 << (8 * fb)) - 1}){scale}",
+            f"sec >>= {8 * fb}"]
+
+
+def _zero(i: int, v: str, reason: str) -> str:
+    # A zero date is delivered as None (or stops the job: the source's `zero`); an empty SET is [].
+    return f"if {v} is None: {v} = []" if reason == "EMPTY_SET" else f"if {v} is None: zero({i})"
+
+
+def _fused_code(i: int, c: RowColumn, ty: t.MySqlColumnType, v: str, env: dict[str, Any]) -> list[str] | None:
+    """The lines decoding column `i` into its normalised value (see `compile_change_decoder`)."""
+    code, st = c.type_code, ty.sql_type
+    if code == t.TIMESTAMP2 and not st:
+        # MySQL's zero timestamp (0 s, no fraction) is None; the others aware, in UTC.
+        fb = _fsp_bytes(c.fsp)
+        return [*_timestamp2(fb), f"{v} = EPOCH_UTC + timedelta(0, sec, us) if sec or us else None",
+                f"off += {4 + fb}"]
+    if code == t.YEAR and not st:
+        return [f"{v} = buf[off]", f"{v} = {v} + 1900 if {v} else 0", "off += 1"]
+    if code == t.BIT and not st:
+        size = (c.bits + 7) // 8
+        return [f"{v} = from_bytes(buf[off:off + {size}], 'big')", f"off += {size}"]
+    if code == t.SET and not st and len(set(c.set_values)) == len(c.set_values) and c.set_values == ty.set_values:
+        env[f"labels{i}"] = c.set_values
+        return [f"mask = from_bytes(buf[off:off + {c.size}], 'little')", f"off += {c.size}",
+                f"{v} = [x for k, x in enumerate(labels{i}) if mask >> k & 1]"]
+    if st == "uuid" and c.encoding is None and code in (t.STRING, t.VARCHAR, t.VAR_STRING):
+        # As types._uuid_text: the 16 bytes (trailing zero bytes dropped in the binlog) in hex, 8-4-4-4-12.
+        body = _column_code(i, c, v, env, _zero)
+        if body is None:
+            return None
+        return [*body, f"{v} = {v}.ljust(16, b'\\x00').hex()",
+                f"{v} = '-'.join(({v}[:8], {v}[8:12], {v}[12:16], {v}[16:20], {v}[20:]))"]
+    body = _column_code(i, c, v, env, _zero)
+    if body is None:
+        return None
+    normalise = ty.normalise_binlog()
+    if normalise is None:
+        return body
+    if c.encoding is None and (st == "" and ty.binary and not (code == t.STRING and ty.length)):
+        return body  # binary data is already `bytes` here (the library's '' for empty is not)
+    if st == "json" and code == t.BLOB and c.encoding is not None:
+        return body  # already text
+    env[f"f{i}"] = normalise
+    return [*body, f"{v} = None if {v} is None else f{i}({v})"]
+
+
 def _text(i: int, c: RowColumn, v: str, env: dict[str, Any]) -> str:
     """The expression turning the slice `v` into the column's value."""
     if c.encoding is None:
@@ -204,8 +336,24 @@ def _text(i: int, c: RowColumn, v: str, env: dict[str, Any]) -> str:
     return f"{v}.decode(enc{i})"
 
 
-def _column_code(i: int, c: RowColumn, v: str, env: dict[str, Any]) -> list[str] | None:
+def _decoded(v: str, text: str) -> list[str]:
+    return [] if text == v else [f"{v} = {text}"]
+
+
+def _flag(i: int, v: str, reason: str) -> str:
+    """The line recording that column `i`'s None is not SQL NULL (the library's none source)."""
+    return f"if {v} is None: flags.append((row, side, {i}, {reason}))"
+
+
+def _column_code(i: int, c: RowColumn, v: str, env: dict[str, Any],
+                 flag: Callable[[int, str, str], str] = _flag) -> list[str] | None:
+    """The lines decoding column `i` at `off` into `v` (and moving `off` past it); `flag`
+    renders what happens when a value is None for a reason (``ZERO_DATE``, ``ZERO_DATETIME2``,
+    ``EMPTY_SET``)."""
     code = c.type_code
+    if code == t.TINY:
+        return [f"{v} = buf[off]", "off += 1"] if c.unsigned else \
+            [f"{v} = buf[off]", f"if {v} > 127: {v} -= 256", "off += 1"]
     ints = _int_code(c)
     if ints is not None:
         fmt, size = ints
@@ -225,37 +373,33 @@ def _column_code(i: int, c: RowColumn, v: str, env: dict[str, Any]) -> list[str]
         return [f"{v} = dec{i}(buf[off:off + {size}])", f"off += {size}"]
     if code == t.DATETIME2:
         fb = _fsp_bytes(c.fsp)
-        return [f"{v} = decode_datetime2(buf, off, {fb})", f"off += {5 + fb}",
-                f"if {v} is None: flags.append((row, side, {i}, ZERO_DATETIME2))"]
+        return [f"{v} = decode_datetime2(buf, off, {fb})", f"off += {5 + fb}", flag(i, v, "ZERO_DATETIME2")]
     if code == t.TIMESTAMP2:
         fb = _fsp_bytes(c.fsp)
-        frac = f"from_bytes(buf[off + 4:off + {4 + fb}], 'big') * {_FRAC_SCALE[fb]}" if fb else "0"
-        return [f"{v} = EPOCH + timedelta(0, from_bytes(buf[off:off + 4], 'big'), {frac})", f"off += {4 + fb}"]
+        return [*_timestamp2(fb), f"{v} = EPOCH + timedelta(0, sec, us)", f"off += {4 + fb}"]
     if code == t.TIME2:
         fb = _fsp_bytes(c.fsp)
         return [f"{v} = decode_time2(buf, off, {fb})", f"off += {3 + fb}"]
     if code == t.DATE:
-        return [f"{v} = decode_date(from_bytes(buf[off:off + 3], 'little'))", "off += 3",
-                f"if {v} is None: flags.append((row, side, {i}, ZERO_DATE))"]
+        return [f"{v} = decode_date(from_bytes(buf[off:off + 3], 'little'))", "off += 3", flag(i, v, "ZERO_DATE")]
     if code in (t.VARCHAR, t.VAR_STRING, t.STRING):
         prefix = ["ln = buf[off]", "off += 1"] if c.max_length <= 255 else \
             ["ln = buf[off] | buf[off + 1] << 8", "off += 2"]
-        return [*prefix, f"{v} = buf[off:off + ln]", "off += ln", f"{v} = {_text(i, c, v, env)}"]
+        return [*prefix, f"{v} = buf[off:off + ln]", "off += ln", *_decoded(v, _text(i, c, v, env))]
     if code in (t.BLOB, t.GEOMETRY):
         ls = c.length_size
         if not 1 <= ls <= 4:
             return None
         text = _text(i, c, v, env) if code == t.BLOB else v
         return [f"ln = from_bytes(buf[off:off + {ls}], 'little')", f"off += {ls}", f"{v} = buf[off:off + ln]",
-                "off += ln", f"{v} = {text}"]
+                "off += ln", *_decoded(v, text)]
     if code == t.ENUM:
         env[f"labels{i}"] = c.enum_values
         return [f"{v} = labels{i}[from_bytes(buf[off:off + {c.size}], 'little')]", f"off += {c.size}"]
     if code == t.SET:
         env[f"labels{i}"] = c.set_values
         return [f"mask = from_bytes(buf[off:off + {c.size}], 'little')", f"off += {c.size}",
-                f"{v} = {{x for k, x in enumerate(labels{i}) if mask >> k & 1}} or None",
-                f"if {v} is None: flags.append((row, side, {i}, EMPTY_SET))"]
+                f"{v} = {{x for k, x in enumerate(labels{i}) if mask >> k & 1}} or None", flag(i, v, "EMPTY_SET")]
     if code == t.BIT:
         size = (c.bits + 7) // 8
         return [f"{v} = format(from_bytes(buf[off:off + {size}], 'big'), '0{c.bits}b')", f"off += {size}"]

@@ -66,6 +66,7 @@ from connectors.mysql.binlog import (
     TxCommit,
     TxStart,
 )
+from connectors.mysql.rows import ChangeDecoder, RowColumn, compile_change_decoder
 from connectors.mysql.snapshot import Chunk, SnapshotReader, SnapshotTable, describe_table, sql_type
 from connectors.mysql.types import MySqlColumnType, MySqlRowCodec, compile_normaliser
 
@@ -90,6 +91,9 @@ class _Table:
     #: The table's `compile_normaliser` function (None: every value as the adapter gives it).
     normalise: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None
     append: Callable[[RowChange], None] | None = None
+    #: The table map shape `decode` was compiled for, and the decoder of row bytes into changes.
+    shape: tuple[RowColumn, ...] | None = None
+    decode: ChangeDecoder | None = None
 
 
 #: Seconds between two `zero_date_as_null` warnings of the same column.
@@ -526,26 +530,47 @@ class MySqlSource:
                 yield emit(b.complete)
         self._log.info("replication_stopping", position=pos.describe(last_yielded.commit))
 
+    def _zero_date(self, rel: _Table, col: int) -> None:
+        """A zero date in column `col`: stop (``zero_dates: fail``) or count it and deliver NULL."""
+        if self._config.zero_dates == "fail":
+            raise DecodeError(
+                f"{self.where}: zero date in {rel.schema.table}.{rel.schema.columns[col].name}; "
+                "set zero_dates: null to deliver them as NULL"
+            )
+        self.zero_dates += 1
+        # The first per column, then at most one warning per column every 10 s: a legacy
+        # table full of zero dates must not flood the log.
+        where, now = (str(rel.schema.table), col), time.monotonic()
+        if now - self._zero_dates_logged.get(where, -_ZERO_DATE_LOG_S) >= _ZERO_DATE_LOG_S:
+            self._zero_dates_logged[where] = now
+            self._log.warning("zero_date_as_null", table=where[0], column=rel.schema.columns[col].name,
+                              count=self.zero_dates)
+
     def _append_rows(self, b: OpenBatch, rel: _Table, rec: Rows, tx: Transaction, seq: int, index: int) -> int:
+        if not b.events:
+            b.opened = time.monotonic()  # the batch's wait starts with its first event
+        append = rel.append or b.segment(rel)
+        lsn = (index << 32) | rec.end
+        body = rec.body
+        if body is not None:
+            shape = rec.table.shape
+            if shape is not rel.shape:
+                rel.shape, rel.decode = shape, None if shape is None else compile_change_decoder(
+                    shape, rel.codec.types)
+            decode = rel.decode
+            if decode is not None:
+                # Row bytes straight into normalised changes (connectors/mysql/rows.py).
+                last = decode(body, rec.op, tx, seq, lsn, append, lambda col: self._zero_date(rel, col))
+                b.events += last - seq
+                b.nbytes += 64 * (last - seq) * max(len(rel.schema.columns), 1)
+                return last
         normalise = rel.normalise
         flagged: dict[tuple[int, int], set[int]] = {}
         for n, side, col, source in rec.flags:
             if source == EMPTY_SET:
                 flagged.setdefault((n, side), set()).add(col)
             elif source in ZERO_DATE:
-                if self._config.zero_dates == "fail":
-                    raise DecodeError(
-                        f"{self.where}: zero date in {rel.schema.table}.{rel.schema.columns[col].name}; "
-                        "set zero_dates: null to deliver them as NULL"
-                    )
-                self.zero_dates += 1
-                # The first per column, then at most one warning per column every 10 s: a legacy
-                # table full of zero dates must not flood the log.
-                where, now = (str(rel.schema.table), col), time.monotonic()
-                if now - self._zero_dates_logged.get(where, -_ZERO_DATE_LOG_S) >= _ZERO_DATE_LOG_S:
-                    self._zero_dates_logged[where] = now
-                    self._log.warning("zero_date_as_null", table=where[0], column=rel.schema.columns[col].name,
-                                      count=self.zero_dates)
+                self._zero_date(rel, col)
 
         def fixed(image: tuple[Any, ...], n: int, side: int) -> RawRow:
             out = image if normalise is None else normalise(image)
@@ -557,10 +582,6 @@ class MySqlSource:
                 return tuple(values)
             return out
 
-        if not b.events:
-            b.opened = time.monotonic()  # the batch's wait starts with its first event
-        append = rel.append or b.segment(rel)
-        lsn = (index << 32) | rec.end
         op = rec.op
         if flagged:
             for n, (before, after) in enumerate(rec.images):
