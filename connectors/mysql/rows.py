@@ -232,41 +232,51 @@ def compile_change_decoder(columns: Sequence[RowColumn], types: Sequence[t.MySql
         if body is None:
             return None
         bodies.append(body)
-    # Bits past the last column are 1 in MySQL's null bitmaps: the masks keep the columns'.
-    masks = [0xFF] * (n // 8) + ([(1 << (n % 8)) - 1] if n % 8 else [])
+    values = f"({', '.join(f'v{i}' for i in range(n))}{',' if n == 1 else ''})"
+    # Any row: a NULL check per column.
     lines = ["def image(buf, off, zero):"]
     lines += [f"    n{k} = buf[off + {k}]" for k in range(nb)]
     lines.append(f"    off += {nb}")
-    # The common row without a NULL: straight-line code.
-    lines.append(f"    if not ({' or '.join(f'n{k} & {m}' for k, m in enumerate(masks))}):")
-    for body in bodies:
-        lines.extend("        " + line for line in body)
-    values = f"({', '.join(f'v{i}' for i in range(n))}{',' if n == 1 else ''})"
-    lines.append(f"        return {values}, off")
     for i, body in enumerate(bodies):
         lines.append(f"    if n{i >> 3} & {1 << (i & 7)}:")
         lines.append(f"        v{i} = None")
         lines.append("    else:")
         lines.extend("        " + line for line in body)
     lines.append(f"    return {values}, off")
+    # The common row without a NULL: straight-line code inlined in the loops, with runs of
+    # fixed-size little-endian columns read by one struct each. Bits past the last column are
+    # 1 in MySQL's null bitmaps: the masks keep the columns'.
+    masks = [0xFF] * (n // 8) + ([(1 << (n % 8)) - 1] if n % 8 else [])
+    straight = _straight_code(columns, types, bodies, env)
+
+    def row(name: str, indent: str) -> list[str]:
+        out = [f"n{k} = buf[off + {k}]" for k in range(nb)]
+        out.append(f"if {' or '.join(f'n{k} & {m}' for k, m in enumerate(masks))}:")
+        out.append(f"    {name}, off = image(buf, off, zero)")
+        out.append("else:")
+        out.append(f"    off += {nb}")
+        out.extend("    " + line for line in straight)
+        out.append(f"    {name} = {values}")
+        return [indent + line for line in out]
+
     lines += [
         "def decode(buf, op, tx, seq, lsn, append, zero):",
         "    off = 0",
         "    end = len(buf)",
         "    if op == 'c':",
         "        while off < end:",
-        "            after, off = image(buf, off, zero)",
+        *row("after", "            "),
         "            seq += 1",
         "            append(('c', tx, seq, lsn, None, after))",
         "    elif op == 'u':",
         "        while off < end:",
-        "            before, off = image(buf, off, zero)",
-        "            after, off = image(buf, off, zero)",
+        *row("before", "            "),
+        *row("after", "            "),
         "            seq += 1",
         "            append(('u', tx, seq, lsn, before, after))",
         "    else:",
         "        while off < end:",
-        "            before, off = image(buf, off, zero)",
+        *row("before", "            "),
         "            seq += 1",
         "            append((op, tx, seq, lsn, before, None))",
         "    return seq",
@@ -274,6 +284,43 @@ def compile_change_decoder(columns: Sequence[RowColumn], types: Sequence[t.MySql
     exec(compile("\n".join(lines), "<mysql change decoder>", "exec"), env)
     decoder: ChangeDecoder = env["decode"]
     return decoder
+
+
+_STRUCT_FORMATS = {t.TINY: "b", t.SHORT: "h", t.LONG: "i", t.LONGLONG: "q", t.FLOAT: "f", t.DOUBLE: "d"}
+
+
+def _straight_code(columns: Sequence[RowColumn], types: Sequence[t.MySqlColumnType], bodies: list[list[str]],
+                   env: dict[str, Any]) -> list[str]:
+    """The columns' `bodies` one after the other, where no value is NULL: a run of two or more
+    integer and floating-point columns is read by one struct (FLOAT then normalised as usual)."""
+    out: list[str] = []
+    run: list[int] = []
+
+    def flush() -> None:
+        if len(run) > 1:
+            fmt = "<" + "".join(_STRUCT_FORMATS[columns[i].type_code].upper() if columns[i].unsigned
+                                else _STRUCT_FORMATS[columns[i].type_code] for i in run)
+            packed = struct.Struct(fmt)
+            env[f"s{run[0]}"] = packed.unpack_from
+            out.append(f"{', '.join(f'v{i}' for i in run)}, = s{run[0]}(buf, off)")
+            out.append(f"off += {packed.size}")
+            for i in run:
+                if columns[i].type_code == t.FLOAT:
+                    env[f"f{i}"] = types[i].normalise_binlog()
+                    out.append(f"v{i} = f{i}(v{i})")
+        else:
+            for i in run:
+                out.extend(bodies[i])
+        run.clear()
+
+    for i, c in enumerate(columns):
+        if c.type_code in _STRUCT_FORMATS and not types[i].sql_type:
+            run.append(i)
+        else:
+            flush()
+            out.extend(bodies[i])
+    flush()
+    return out
 
 
 def _timestamp2(fb: int) -> list[str]:
