@@ -76,6 +76,17 @@ def decimal_decoder(precision: int, scale: int) -> Callable[[bytes], Decimal]:
     """A decoder of MySQL's binary DECIMAL(precision, scale): groups of 9 digits in 4 bytes
     (fewer for the leading and trailing digits), big-endian, the sign in the top bit and
     negative values with every bit inverted. The groups' shifts are unrolled into one generated function."""
+    lines = ["def decode(data):", *("    " + line for line in _decimal_code(precision, scale, "data", "v")),
+             "    return v"]
+    code = "\n".join(lines)
+    env: dict[str, Any] = {"from_bytes": int.from_bytes, "Decimal": Decimal, "EXACT": _EXACT}
+    exec(compile(code, f"<decimal({precision},{scale}) decoder>", "exec"), env)
+    decode: Callable[[bytes], Decimal] = env["decode"]
+    return decode
+
+
+def _decimal_code(precision: int, scale: int, data: str, v: str) -> list[str]:
+    """The lines decoding DECIMAL(precision, scale) bytes `data` into `v` (see `decimal_decoder`)."""
     intg = precision - scale
     widths = [intg % 9] + [9] * (intg // 9) + [9] * (scale // 9) + [scale % 9]
     pieces = [(_DIG2BYTES[w], w) for w in widths if w]
@@ -83,29 +94,26 @@ def decimal_decoder(precision: int, scale: int) -> Callable[[bytes], Decimal]:
     top = 1 << (8 * size - 1)
     mask = (1 << (8 * size)) - 1
     # The unscaled integer as one expression over the groups (most significant first).
-    expr = "0"
+    expr = ""
     shift = 8 * size
     for nbytes, width in pieces:
         shift -= 8 * nbytes
-        expr = f"({expr}) * {10**width} + ((v >> {shift}) & {(1 << (8 * nbytes)) - 1})"
+        group = f"((d >> {shift}) & {(1 << (8 * nbytes)) - 1})" if shift else f"(d & {(1 << (8 * nbytes)) - 1})"
+        expr = f"({expr}) * {10**width} + {group}" if expr else group
     # The unscaled integer scaled by 10**-scale in a context wide enough for any DECIMAL (exact,
     # the scale kept: 0 is 0.00); a negative zero as "-0e-<scale>" (scaleb would drop its sign).
     positive = f"Decimal({expr}).scaleb(-{scale}, EXACT)" if scale else f"Decimal({expr})"
-    negative = f"Decimal(-u).scaleb(-{scale}, EXACT) if u else Decimal('-0e-{scale}')" if scale else "Decimal(-u)"
-    code = (
-        "def decode(data):\n"
-        "    v = from_bytes(data, 'big')\n"
-        f"    if v & {top}:\n"
-        f"        v ^= {top}\n"
-        f"        return {positive}\n"
-        f"    v ^= {mask ^ top}\n"
-        f"    u = {expr}\n"
-        f"    return {negative}\n"
-    )
-    env: dict[str, Any] = {"from_bytes": int.from_bytes, "Decimal": Decimal, "EXACT": _EXACT}
-    exec(compile(code, f"<decimal({precision},{scale}) decoder>", "exec"), env)
-    decode: Callable[[bytes], Decimal] = env["decode"]
-    return decode
+    negative = f"Decimal(-d).scaleb(-{scale}, EXACT) if d else Decimal('-0e-{scale}')" if scale else "Decimal(-d)"
+    return [
+        f"d = from_bytes({data}, 'big')",
+        f"if d & {top}:",
+        f"    d ^= {top}",
+        f"    {v} = {positive}",
+        "else:",
+        f"    d ^= {mask ^ top}",
+        f"    d = {expr or '0'}",
+        f"    {v} = {negative}",
+    ]
 
 
 def decode_decimal(data: bytes, precision: int, scale: int) -> Decimal:
@@ -416,8 +424,8 @@ def _column_code(i: int, c: RowColumn, v: str, env: dict[str, Any],
         return [f"{v} = buf[off] + 1900", "off += 1"]
     if code == t.NEWDECIMAL:
         size = decimal_size(c.precision, c.scale)
-        env[f"dec{i}"] = decimal_decoder(c.precision, c.scale)
-        return [f"{v} = dec{i}(buf[off:off + {size}])", f"off += {size}"]
+        env["Decimal"], env["EXACT"] = Decimal, _EXACT
+        return [*_decimal_code(c.precision, c.scale, f"buf[off:off + {size}]", v), f"off += {size}"]
     if code == t.DATETIME2:
         fb = _fsp_bytes(c.fsp)
         return [f"{v} = decode_datetime2(buf, off, {fb})", f"off += {5 + fb}", flag(i, v, "ZERO_DATETIME2")]
