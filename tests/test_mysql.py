@@ -130,6 +130,14 @@ def test_compiled_to_json_equals_the_per_column_rendering(row: tuple[object, ...
     assert c.to_json(row) == reference
 
 
+@given(st.decimals(allow_nan=False, allow_infinity=False) | st.decimals(places=8, allow_nan=False,
+                                                                         allow_infinity=False))
+def test_decimal_json_is_its_fixed_point_text(v: Decimal) -> None:
+    """A DECIMAL renders as format(v, "f") whatever its exponent (the inlined str() falls back on an "E")."""
+    c = MySqlRowCodec([Column("d", "decimal(65,30)")], [MySqlColumnType(t.NEWDECIMAL, precision=65, scale=30)])
+    assert c.to_json((v,)) == orjson.dumps({"d": format(v, "f")})
+
+
 @given(_naive, st.booleans())
 def test_datetime_rendering_equals_the_field_by_field_text(v: datetime, utc: bool) -> None:
     """The isoformat-based datetime text equals ``YYYY-MM-DDTHH:MM:SS`` plus the trimmed fraction (and Z)."""

@@ -170,7 +170,8 @@ _ZOO: list[tuple[RowColumn, MySqlColumnType, st.SearchStrategy[bytes]]] = [
     (RowColumn(t.NEWDECIMAL, precision=40, scale=0), MySqlColumnType(t.NEWDECIMAL, precision=40),
      st.integers(-(10**40) + 1, 10**40 - 1).map(lambda u: encode_decimal(u, 40, 0))),
     (RowColumn(t.TIMESTAMP2, fsp=6), MySqlColumnType(t.TIMESTAMP2, fsp=6),
-     st.one_of(st.just(bytes(7)), st.binary(min_size=7, max_size=7))),
+     st.one_of(st.just(bytes(7)), st.binary(min_size=7, max_size=7),
+               st.integers(1, 2**32 - 1).map(lambda sec: sec.to_bytes(4, "big") + bytes(3)))),
     (RowColumn(t.TIMESTAMP2, fsp=3), MySqlColumnType(t.TIMESTAMP2, fsp=3),
      st.tuples(st.integers(0, 2**31), st.integers(0, 999)).map(lambda p: p[0].to_bytes(4, "big")
                                                                 + (p[1] * 10).to_bytes(2, "big"))),

@@ -231,6 +231,7 @@ def compile_change_decoder(columns: Sequence[RowColumn], types: Sequence[t.MySql
     env: dict[str, Any] = {
         "decode_datetime2": decode_datetime2, "decode_time2": decode_time2, "decode_date": decode_date,
         "from_bytes": int.from_bytes, "EPOCH": _EPOCH, "EPOCH_UTC": _EPOCH_UTC, "timedelta": timedelta,
+        "fromtimestamp": datetime.fromtimestamp, "UTC": UTC,
     }
     n = len(columns)
     nb = (n + 7) // 8
@@ -351,7 +352,9 @@ def _fused_code(i: int, c: RowColumn, ty: t.MySqlColumnType, v: str, env: dict[s
     if code == t.TIMESTAMP2 and not st:
         # MySQL's zero timestamp (0 s, no fraction) is None; the others aware, in UTC.
         fb = _fsp_bytes(c.fsp)
-        return [*_timestamp2(fb), f"{v} = EPOCH_UTC + timedelta(0, sec, us) if sec or us else None",
+        # fromtimestamp (C) for whole seconds; the exact sum with a fraction (no float rounding).
+        return [*_timestamp2(fb), f"{v} = (EPOCH_UTC + timedelta(0, sec, us) if us else fromtimestamp(sec, UTC)) "
+                                  "if sec or us else None",
                 f"off += {4 + fb}"]
     if code == t.YEAR and not st:
         return [f"{v} = buf[off]", f"{v} = {v} + 1900 if {v} else 0", "off += 1"]

@@ -327,8 +327,10 @@ class MySqlRowCodec:
             else:
                 env[f"f{i}"] = f
                 ty = self.types[i]
-                # DECIMAL's text inlined (the common case); others call their rendering.
-                call = f"format(v{i}, 'f')" if ty.type_code == NEWDECIMAL and not ty.sql_type else f"f{i}(v{i})"
+                # DECIMAL's text inlined (the common case): str() is format(v, "f") unless it chose
+                # scientific notation (an "E"); others call their rendering.
+                call = f"(s if 'E' not in (s := str(v{i})) else format(v{i}, 'f'))" \
+                    if ty.type_code == NEWDECIMAL and not ty.sql_type else f"f{i}(v{i})"
                 if f is _json_datetime:
                     # orjson renders a datetime in C (OPT_UTC_Z: "Z" for UTC) with all six fraction
                     # digits: the same text unless the fraction has trailing zeros.
