@@ -74,6 +74,8 @@ log = structlog.get_logger(__name__)
 
 #: Records queued between the reader thread and the event loop (each at most one rows event).
 _QUEUE_RECORDS = 2_000
+#: Rows decoded (on the event loop) between two chances for other tasks to run (about 30 ms).
+_ROWS_PER_PAUSE = 10_000
 #: Yielded batches whose GTID is remembered until acknowledged (older ones are dropped, never guessed).
 _GTID_PENDING = 10_000
 #: The GTID record is rewritten at most this often (and at close).
@@ -465,6 +467,7 @@ class MySqlSource:
         seq = 0
         gtid: str | None = None
         committed_gtid: str | None = None  # of the last transaction or statement committed
+        decoded = 0  # rows since the last pause
 
         def emit(position: Position) -> ChangeBatch:
             nonlocal last_yielded
@@ -492,9 +495,15 @@ class MySqlSource:
                     if key not in self._selected:
                         continue
                     rel = await self._table(rec.table)
+                    first = seq
                     seq = self._append_rows(b, rel, rec, tx, seq, index)
                     if b.full(max_events, max_bytes):
                         yield emit(tx.position(seq))  # a chunk of a giant transaction
+                    decoded += seq - first
+                    if decoded >= _ROWS_PER_PAUSE:
+                        # Rows are decoded on the event loop: let the other jobs and /metrics run.
+                        decoded = 0
+                        await asyncio.sleep(0)
                 elif isinstance(rec, TxStart):
                     index = pos.file_index(rec.file)
                     tx = Transaction(0, pos.transaction_commit(index, rec.start),
