@@ -107,13 +107,16 @@ def _cdc(work: Path, dsn: str, workers: int, sink: str) -> tuple[float, float, i
     t0 = time.perf_counter()
     log = work / "cdc.log"
     with log.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "cdc.cli", "run", str(config)], stderr=err)
+        # CDC_BENCH_WRAP (e.g. ``py-spy record -o p.txt --``) wraps the daemon's command.
+        prefix = os.environ.get("CDC_BENCH_WRAP", "").split()
+        proc = subprocess.Popen([*prefix, sys.executable, "-m", "cdc.cli", "run", str(config)], stderr=err)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"cdc exited with {proc.returncode}")
     size = sum(f.stat().st_size for f in events.rglob("*") if f.is_file())
+    print(f"{sink} w{workers}: {seconds:.2f} s, daemon cpu {usage.ru_utime + usage.ru_stime:.2f} s", file=sys.stderr)
     return seconds, usage.ru_maxrss / 1024, size, _snapshot_seconds(log)
 
 
