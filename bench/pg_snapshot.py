@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 
+from bench.daemon import wrap
 from bench.pg_stream import LOAD, TABLE
 from cdc import __version__
 from cdc.sandbox import DisposablePostgres
@@ -107,9 +108,8 @@ def _cdc(work: Path, dsn: str, workers: int, sink: str) -> tuple[float, float, i
     t0 = time.perf_counter()
     log = work / "cdc.log"
     with log.open("wb") as err:
-        # CDC_BENCH_WRAP (e.g. ``py-spy record -o p.txt --``) wraps the daemon's command.
-        prefix = os.environ.get("CDC_BENCH_WRAP", "").split()
-        proc = subprocess.Popen([*prefix, sys.executable, "-m", "cdc.cli", "run", str(config)], stderr=err)
+        proc = subprocess.Popen([*wrap(f"{sink}-w{workers}"), sys.executable, "-m", "cdc.cli", "run", str(config)],
+                                stdout=subprocess.DEVNULL, stderr=err)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
