@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 import struct
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from cdc.config import parse_config
 from cdc.errors import ConfigError
-from connectors.mysql.binlog import binlog_dump_packet, corrected_dump_packet, gtid_dump_packet
+from connectors.mysql.binlog import _NoSilentReconnect, binlog_dump_packet, corrected_dump_packet, gtid_dump_packet
 from connectors.mysql.gtid import GtidState
 
 #: What mysql-replication 1.0.17 writes for a MariaDB GTID dump (server id 5, blocking): a
@@ -61,6 +62,19 @@ def test_a_dump_by_file_and_position_and_other_packets_pass_unchanged() -> None:
     assert corrected_dump_packet(query) == query
     handshake = bytes.fromhex("20000001") + bytes([0x12]) + bytes(31)  # sequence id 1: not a command
     assert corrected_dump_packet(handshake) == handshake
+
+
+def test_the_stream_connection_sends_the_corrected_packet() -> None:
+    """What the library hands the dump connection leaves the socket rebuilt (the library writes raw bytes)."""
+    conn = _NoSilentReconnect(host="127.0.0.1", defer_connect=True)
+    ours, server = socket.socketpair()
+    with ours, server:
+        conn._sock, conn._current_timeout = ours, None
+        conn._write_bytes(LIBRARY_MARIADB_GTID_DUMP)
+        conn._write_bytes(LIBRARY_MYSQL_GTID_DUMP)
+        ours.shutdown(socket.SHUT_WR)
+        sent = b"".join(iter(lambda: server.recv(4096), b""))
+    assert sent == corrected_dump_packet(LIBRARY_MARIADB_GTID_DUMP) + corrected_dump_packet(LIBRARY_MYSQL_GTID_DUMP)
 
 
 def test_mariadb_state_keeps_the_last_gtid_per_domain() -> None:

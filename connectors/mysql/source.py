@@ -322,7 +322,7 @@ class MySqlSource:
             self._open_stream()
         except BinlogGone as err:
             where = f"GTID state {self._dump_gtids}" if self._dump_gtids else \
-                f"binlog {pos.file_name(self._base, self._start[0])} at {self._start[1]}"
+                f"position {pos.file_name(self._base, self._start[0])}:{self._start[1]}"
             if cfg.on_binlog_gone == "resnapshot":
                 self._log.warning("binlog_gone_resnapshotting", needed=where, error=str(err))
                 self._bookmark.unlink(missing_ok=True)
