@@ -156,6 +156,7 @@ class MySqlSourceConfig(_Strict):
     zero_dates: Literal["null", "fail"] = "null"
     snapshot_lock: Literal["none", "flush"] = "none"
     on_binlog_gone: Literal["fail", "resnapshot"] = "fail"
+    resume_by: Literal["gtid", "position"] = "gtid"
 
 
 class FileSinkConfig(_Strict):

@@ -27,6 +27,8 @@ class Server:
     version: str
     mariadb: bool
     server_id: int
+    #: Every transaction has a GTID (always on MariaDB; MySQL with ``gtid_mode=ON``).
+    gtids: bool = True
 
 
 def connect(host: str, port: int, user: str, password: str, timeout: int, where: str,
@@ -75,7 +77,7 @@ def check_server(conn: pymysql.connections.Connection[Any], where: str, server_i
         version, own_id = str(row[0]), int(row[1])
         mariadb = "mariadb" in version.lower()
         v = _variables(cur, ["log_bin", "binlog_format", "binlog_row_image", "binlog_row_metadata",
-                             "log_bin_compress", "binlog_transaction_compression"])
+                             "log_bin_compress", "binlog_transaction_compression", "gtid_mode"])
         if v.get("log_bin", "OFF").upper() not in ("ON", "1"):
             raise SourceSetupError(f"{where}: the binary log is off (log_bin=OFF); start the server with "
                                    "--log-bin (a restart is needed)")
@@ -120,7 +122,7 @@ def check_server(conn: pymysql.connections.Connection[Any], where: str, server_i
                     f"{where}: the user lacks {', '.join(missing)}; run GRANT {', '.join(missing)} ON *.* TO "
                     "the job's user (SELECT may be limited to the captured databases)"
                 )
-    return Server(version, mariadb, own_id)
+    return Server(version, mariadb, own_id, mariadb or v.get("gtid_mode", "OFF").upper() == "ON")
 
 
 def binary_logs(conn: pymysql.connections.Connection[Any]) -> list[str]:
@@ -132,6 +134,11 @@ def binary_logs(conn: pymysql.connections.Connection[Any]) -> list[str]:
 
 def current_position(conn: pymysql.connections.Connection[Any]) -> tuple[str, int]:
     """Where the server writes next: ``SHOW BINARY LOG STATUS`` (MySQL 8.2+) or ``SHOW MASTER STATUS``."""
+    return binlog_status(conn)[:2]
+
+
+def binlog_status(conn: pymysql.connections.Connection[Any]) -> tuple[str, int, str]:
+    """Where the server writes next, and MySQL's ``Executed_Gtid_Set`` there (MariaDB: "")."""
     with conn.cursor() as cur:
         try:
             cur.execute("SHOW BINARY LOG STATUS")
@@ -140,7 +147,16 @@ def current_position(conn: pymysql.connections.Connection[Any]) -> tuple[str, in
         row = cur.fetchone()
     if row is None:
         raise SourceSetupError("the server reports no binary log position; is log_bin on?")
-    return str(row[0]), int(row[1])
+    return str(row[0]), int(row[1]), str(row[4] or "") if len(row) > 4 else ""
+
+
+def gtid_state_at(conn: pymysql.connections.Connection[Any], file: str, offset: int) -> str | None:
+    """MariaDB: the GTID state (last GTID per domain) at binlog (`file`, `offset`), an event
+    boundary (``BINLOG_GTID_POS``); None if the server cannot tell."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, offset))
+        row = cur.fetchone()
+    return None if row is None or row[0] is None else str(row[0])
 
 
 def select_tables(conn: pymysql.connections.Connection[Any], include: Sequence[str], exclude: Sequence[str],

@@ -125,6 +125,8 @@ class SnapshotReader:
     connection while `workers` connections open their snapshots and the position is read,
     then ``UNLOCK TABLES``: every worker sees the same point, so tables are read in
     parallel by primary-key ranges. Blocking (run in threads, one per connection).
+    `gtids` is MySQL's ``Executed_Gtid_Set`` read under the lock ("" on MariaDB, whose
+    state at ``file``/``position`` the source asks with ``BINLOG_GTID_POS``).
     """
 
     def __init__(self, connect: Callable[[], pymysql.connections.Connection[Any]], *, mariadb: bool,
@@ -140,6 +142,7 @@ class SnapshotReader:
                     status = {str(k).lower(): str(v) for k, v in cur.fetchall()}
                 self.file = status["binlog_snapshot_file"]
                 self.position = int(status["binlog_snapshot_position"])
+                self.gtids = ""
                 return
             leader = connect()
             try:
@@ -158,6 +161,7 @@ class SnapshotReader:
                         row = lcur.fetchone()
                         assert row is not None
                         self.file, self.position = str(row[0]), int(row[1])
+                        self.gtids = str(row[4] or "") if len(row) > 4 else ""  # MySQL's Executed_Gtid_Set
                     finally:
                         lcur.execute("UNLOCK TABLES")
             finally:
