@@ -24,9 +24,11 @@ from integration.daemon import (
     envelopes,
     mysql_job_config,
     rebuild,
+    run_cdc,
     wait_until,
     write_config,
 )
+from integration.test_errors import assert_user_error
 
 SEEDED = 24_000  # even ids 2..48000
 TOP = 52_000  # writers use ids 0..TOP: below, inside and above the seeded range
@@ -147,3 +149,11 @@ def test_watermark_snapshot_under_four_writers_equals_the_source_with_no_overlap
     replayed = _replay_strictly(files, {f"{db.dbname}.items": "id", f"{db.dbname}.labels": "code"})
     assert {(k,): v for k, v in replayed[f"{db.dbname}.items"].items()} == items
     assert {(k,): v for k, v in replayed[f"{db.dbname}.labels"].items()} == labels
+
+
+def test_watermark_snapshot_refuses_a_table_without_a_primary_key(mariadb: MariaDatabase, tmp_path: Path) -> None:
+    """A table without a primary key cannot be matched with the binlog: one line naming it and the fix, exit 2."""
+    mysql.execute(mariadb, "CREATE TABLE nokey (v int)", "INSERT INTO nokey VALUES (1)")
+    files = mysql.make_job(mariadb, tmp_path, snapshot="initial", snapshot_method="watermark")
+    result = run_cdc("run", files.config, timeout=60)
+    assert_user_error(result, files, f"{mariadb.dbname}.nokey", "needs a primary key", "snapshot_method: flush")
