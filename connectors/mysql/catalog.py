@@ -29,6 +29,8 @@ class Server:
     server_id: int
     #: Every transaction has a GTID (always on MariaDB; MySQL with ``gtid_mode=ON``).
     gtids: bool = True
+    #: Whether the user may take FLUSH TABLES WITH READ LOCK (RELOAD or ALL PRIVILEGES on *.*).
+    reload: bool = False
 
 
 def connect(host: str, port: int, user: str, password: str, timeout: int, where: str,
@@ -64,11 +66,12 @@ def _grants(cur: Any) -> tuple[set[str], set[str]]:
 
 
 def check_server(conn: pymysql.connections.Connection[Any], where: str, server_id: int,
-                 reload: bool | None = None) -> Server:
+                 reload: bool = False) -> Server:
     """Every setting the binlog source needs; raise `SourceSetupError` naming the first one missing.
 
-    `reload`: whether the job's snapshot takes ``FLUSH TABLES WITH READ LOCK`` (True), does
-    not (False), or does exactly on MySQL (None: ``snapshot_lock: none``).
+    `reload`: the job's snapshot must take ``FLUSH TABLES WITH READ LOCK`` (``snapshot_method:
+    flush``), so RELOAD is required. Otherwise `Server.reload` says whether it is granted
+    (``snapshot_method: auto`` on MySQL falls back to the watermark method without it).
     """
     with conn.cursor() as cur:
         cur.execute("SELECT VERSION(), @@server_id")
@@ -115,14 +118,15 @@ def check_server(conn: pymysql.connections.Connection[Any], where: str, server_i
             missing = [p for p in needed if not alternatives[p] & global_privs]
             if "SELECT" not in global_privs | any_db and "ALL PRIVILEGES" not in any_db:
                 missing.append("SELECT")
-            if (reload or (reload is None and not mariadb)) and "RELOAD" not in global_privs:
+            if reload and "RELOAD" not in global_privs:
                 missing.append("RELOAD")  # FLUSH TABLES WITH READ LOCK for the snapshot
             if missing:
                 raise SourceSetupError(
                     f"{where}: the user lacks {', '.join(missing)}; run GRANT {', '.join(missing)} ON *.* TO "
                     "the job's user (SELECT may be limited to the captured databases)"
                 )
-    return Server(version, mariadb, own_id, mariadb or v.get("gtid_mode", "OFF").upper() == "ON")
+    return Server(version, mariadb, own_id, gtids=mariadb or v.get("gtid_mode", "OFF").upper() == "ON",
+                  reload=bool({"RELOAD", "ALL PRIVILEGES"} & global_privs))
 
 
 def binary_logs(conn: pymysql.connections.Connection[Any]) -> list[str]:

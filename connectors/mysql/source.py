@@ -69,8 +69,9 @@ from connectors.mysql.binlog import (
     TxStart,
 )
 from connectors.mysql.gtid import GtidState
-from connectors.mysql.snapshot import Chunk, SnapshotReader, SnapshotTable, describe_table, sql_type
-from connectors.mysql.types import MySqlColumnType, MySqlRowCodec, compile_normaliser
+from connectors.mysql.snapshot import Chunk, SnapshotReader, SnapshotTable, binlog_type, choose_method, describe_table
+from connectors.mysql.types import MySqlRowCodec, compile_normaliser
+from connectors.mysql.watermark import StreamFilter, WatermarkReader, load_marks, save_marks
 
 log = structlog.get_logger(__name__)
 
@@ -186,7 +187,10 @@ class MySqlSource:
         self._tables: dict[tuple[str, str, tuple[tuple[str, int], ...]], _Table] = {}
         self._base = ""
         self._start: tuple[int, int] = (0, 0)  # (file index, offset) the dump starts at
-        self._snapshot: SnapshotReader | None = None
+        self._snapshot: SnapshotReader | WatermarkReader | None = None
+        #: The watermark snapshot's chunk marks (``<job>.mysql-watermark.json``) and the filter built from them.
+        self._marks_file = state / f"{name}.mysql-watermark.json"
+        self._watermark: StreamFilter | None = None
         self._snapshot_tables: list[tuple[str, str]] = []
         self._snapshot_truncates = False
         self._pump: _Pump | None = None
@@ -232,10 +236,9 @@ class MySqlSource:
         self._ctl = conn
         try:
             snapshots = self._snapshot_mode in ("initial", "initial_only")
-            reload = None if cfg.snapshot_lock == "none" else True
             may_snapshot = snapshots or cfg.on_binlog_gone == "resnapshot"
             server = self._server = catalog.check_server(conn, self.where, cfg.server_id,
-                                                         reload if may_snapshot else False)
+                                                         may_snapshot and cfg.snapshot_method == "flush")
             tables = catalog.select_tables(conn, self._tables_config.include, self._tables_config.exclude, self.where)
             if not tables:
                 raise MissingTableError(
@@ -252,7 +255,7 @@ class MySqlSource:
             if (resume_from is None and snapshots) or mid_snapshot:
                 # A job killed mid-snapshot (an initial one, or a re-snapshot after a purged binlog)
                 # takes a new snapshot whatever its `snapshot` mode.
-                self._begin_snapshot(server.mariadb, tables, truncates=resume_from is not None)
+                self._begin_snapshot(server, tables, truncates=resume_from is not None)
                 return
             if resume_from is None:
                 # The sinks hold nothing yet: start where the first run started (the source's
@@ -269,7 +272,7 @@ class MySqlSource:
                         self._log.warning("binlog_gone_resnapshotting", needed=pos.file_name(self._base, bookmark[0]),
                                           oldest=logs[0], offset=bookmark[1])
                         self._bookmark.unlink(missing_ok=True)
-                        self._begin_snapshot(server.mariadb, tables, truncates=False)
+                        self._begin_snapshot(server, tables, truncates=False)
                         return
                     raise BinlogPurgedError(
                         f"{self.where}: the job started at binlog {pos.file_name(self._base, self._start[0])}, "
@@ -279,11 +282,13 @@ class MySqlSource:
                     )
             else:
                 self._start = pos.resume_point(resume_from)
+                marks = load_marks(self._marks_file, resume_from.commit)
+                self._watermark = StreamFilter(marks) if marks else None  # a watermark snapshot's stream filter
                 if self._start[0] not in have:
                     if cfg.on_binlog_gone == "resnapshot":
                         self._log.warning("binlog_gone_resnapshotting", oldest=logs[0], offset=self._start[1],
                                           needed=pos.file_name(self._base, self._start[0]))
-                        self._begin_snapshot(server.mariadb, tables, truncates=True)
+                        self._begin_snapshot(server, tables, truncates=True)
                         return
                     raise BinlogPurgedError(
                         f"{self.where}: the sinks need binlog {pos.file_name(self._base, self._start[0])} at "
@@ -326,7 +331,7 @@ class MySqlSource:
             if cfg.on_binlog_gone == "resnapshot":
                 self._log.warning("binlog_gone_resnapshotting", needed=where, error=str(err))
                 self._bookmark.unlink(missing_ok=True)
-                self._begin_snapshot(server.mariadb, tables, truncates=resume_from is not None)
+                self._begin_snapshot(server, tables, truncates=resume_from is not None)
                 return
             raise BinlogPurgedError(
                 f"{self.where}: the server cannot send the binlog from the {where} "
@@ -368,16 +373,28 @@ class MySqlSource:
             self._log.warning("gtid_record_unreadable", path=str(self._gtid_file), error=str(err))
             return None
 
-    def _begin_snapshot(self, mariadb: bool, tables: list[tuple[str, str]], *, truncates: bool) -> None:
-        """Open a consistent snapshot of `tables`; streaming then starts at its position.
+    def _begin_snapshot(self, server: catalog.Server, tables: list[tuple[str, str]], *, truncates: bool) -> None:
+        """Open a consistent snapshot of `tables` (the method: `choose_method`); streaming then
+        starts at its position (the watermark method: its first low watermark).
 
         `truncates`: the sinks may hold rows of an older point (an interrupted snapshot, or a
         stream whose binlog was purged), so each table's snapshot starts with an ``op: "t"``
         event and rows deleted since do not survive in mirrors.
         """
         cfg = self._config
-        self._snapshot = SnapshotReader(self._connect, mariadb=mariadb, workers=self._workers,
-                                        lock=cfg.snapshot_lock == "flush" or not mariadb)
+        method, reason = choose_method(cfg.snapshot_method, mariadb=server.mariadb, reload=server.reload)
+        if method == "consistent" and not server.mariadb:
+            raise SourceSetupError(f"{self.where}: snapshot_method: consistent needs MariaDB (binlog_snapshot_file); "
+                                   "MySQL has no lock-free consistent position: use auto, flush or watermark")
+        self._log.info("snapshot_method", method=method, reason=reason)
+        self._marks_file.unlink(missing_ok=True)
+        self._watermark = None
+        if method == "watermark":
+            self._snapshot = WatermarkReader(self._connect, self._window_reader, workers=self._workers,
+                                             zero_dates=cfg.zero_dates)
+        else:
+            self._snapshot = SnapshotReader(self._connect, mariadb=server.mariadb, workers=self._workers,
+                                            lock=method == "flush")
         self._snapshot_tables = sorted(tables)
         self._snapshot_truncates = truncates
         self._start = (pos.file_index(self._snapshot.file), self._snapshot.position)
@@ -391,6 +408,15 @@ class MySqlSource:
         self._gtid_file.unlink(missing_ok=True)
         self._dump_gtids = None
         self._gtid_state = self._gtid_state_at(self._ctl, self._start, self._snapshot.gtids)
+
+    def _window_reader(self, file: str, offset: int) -> BinlogReader:
+        """A binlog dump for one watermark window (the stream's settings, a short heartbeat)."""
+        cfg = self._config
+        return BinlogReader(
+            host=cfg.host, port=cfg.port, user=cfg.user, password=cfg.password.get_secret_value(),
+            server_id=cfg.server_id, log_file=file, log_pos=offset, schemas=sorted({d for d, _ in self._selected}),
+            heartbeat_s=0.2, read_timeout_s=cfg.read_timeout_s, connect_timeout_s=cfg.connect_timeout_s,
+        )
 
     def _open_stream(self) -> None:
         """Open the dump at `_start`, or after `_dump_gtids` (`BinlogGone` if the server refuses)."""
@@ -528,6 +554,12 @@ class MySqlSource:
                     if b.events:
                         yield b.cut(tx.position(seq))
                     return
+            if isinstance(reader, WatermarkReader):
+                # Kept before the snapshot's last batch: a restart streaming from it filters the same changes.
+                await asyncio.to_thread(save_marks, self._marks_file, point, reader.marks)
+                self._watermark = StreamFilter(reader.marks)
+                self._log.info("snapshot_watermarks", chunks=len(reader.marks), window_changes=reader.window_changes,
+                               until=pos.describe(self._watermark.until))
             yield b.cut(tx.position())
         except pymysql.Error as err:
             raise SourceConnectionError(f"{self.where}: snapshot: {first_line(err)}") from err
@@ -589,7 +621,9 @@ class MySqlSource:
                     if key not in self._selected:
                         continue
                     rel = await self._table(rec.table)
-                    seq = self._append_rows(b, rel, rec, tx, seq, index)
+                    # A watermark snapshot's rows already hold some changes after the stream's start.
+                    for part in [rec] if self._watermark is None else self._watermark.admit(rec, tx.commit):
+                        seq = self._append_rows(b, rel, part, tx, seq, index)
                     if b.full(max_events, max_bytes):
                         yield emit(tx.position(seq))  # a chunk of a giant transaction
                 elif isinstance(rec, TxStart):
@@ -708,14 +742,7 @@ class MySqlSource:
         types = []
         columns = []
         for c in table.columns:
-            known = cat.get(c.name)
-            refined = sql_type(known) if known is not None else ""
-            ty = MySqlColumnType(
-                type_code=c.type_code, sql_type=refined, unsigned=c.unsigned, precision=c.precision, scale=c.scale,
-                fsp=c.fsp, bits=c.bits, binary=c.binary and not refined,
-                length=known.max_length if known is not None and known.data_type == "binary" else 0,
-                set_values=c.set_values,
-            )
+            ty = binlog_type(c, cat.get(c.name))
             types.append(ty)
             columns.append(Column(c.name, ty.name, c.type_code, -1, c.primary))
         schema = TableSchema(TableId(self.name, table.database, table.table), tuple(columns))
