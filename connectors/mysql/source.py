@@ -87,6 +87,10 @@ class BinlogPurgedError(SourceSetupError):
     """The binlog file the job must resume from is gone from the server."""
 
 
+class BinlogRewoundError(SourceSetupError):
+    """The job's position lies past the server's end of binlog (numbering restarted, another server)."""
+
+
 @dataclass(slots=True)
 class _Table:
     schema: TableSchema
@@ -282,6 +286,7 @@ class MySqlSource:
                     )
             else:
                 self._start = pos.resume_point(resume_from)
+                self._check_not_rewound(conn, max(have))
                 marks = load_marks(self._marks_file, resume_from.commit)
                 self._watermark = StreamFilter(marks) if marks else None  # a watermark snapshot's stream filter
                 if self._start[0] not in have:
@@ -299,6 +304,22 @@ class MySqlSource:
             self._begin_stream(conn, server, resume_from, have, tables)
         except pymysql.Error as err:
             raise SourceConnectionError(f"{self.where}: {first_line(err)}") from err
+
+    def _check_not_rewound(self, conn: pymysql.connections.Connection[Any], newest: int) -> None:
+        """Refuse a resume point past the server's end of binlog: its numbering restarted (``RESET
+        MASTER``) or this is another server, and every change it sends, even a re-snapshot's,
+        would lie below what the sinks hold and be skipped as held."""
+        index, offset = self._start
+        if index < newest:
+            return
+        file, end, _ = catalog.binlog_status(conn)
+        if (index, offset) <= (pos.file_index(file), end):
+            return
+        raise BinlogRewoundError(
+            f"{self.where}: the sinks hold binlog {pos.file_name(self._base, index)} at {offset}, past the server's "
+            f"end of binlog ({file} at {end}): its numbering restarted (RESET MASTER?) or this is another server; "
+            "positions cannot go back: delete the sinks' data and the job's state to start over with a new snapshot"
+        )
 
     def _begin_stream(self, conn: pymysql.connections.Connection[Any], server: catalog.Server,
                       resume_from: Position | None, have: set[int], tables: list[tuple[str, str]]) -> None:
