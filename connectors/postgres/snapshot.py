@@ -282,8 +282,8 @@ class ChunkRows:
 #: CSV bytes gathered from COPY before they are parsed into one Arrow block, shared by the
 #: workers (each gathers ``CSV_BLOCK_BYTES / workers``, at least `MIN_BLOCK_BYTES`): what
 #: a snapshot holds in flight does not grow with its workers.
-CSV_BLOCK_BYTES: Final = 4 << 20
-MIN_BLOCK_BYTES: Final = 1 << 20
+CSV_BLOCK_BYTES: Final = 2 << 20
+MIN_BLOCK_BYTES: Final = 512 << 10
 
 
 def copy_out(conn: psycopg.Connection[Any], query: sql.Composable, block_bytes: int,
@@ -372,7 +372,7 @@ class InitialSnapshot:
     """Parallel copy of every chunk under one exported snapshot (see the module docstring).
 
     Each worker is a blocking connection in its own thread: it reads its chunks with
-    ``COPY ... (FORMAT csv)`` and parses every few MiB into an Arrow block (pyarrow's CSV
+    ``COPY ... (FORMAT csv)`` and parses every MiB or two into an Arrow block (pyarrow's CSV
     reader, no Python work per value), so a worker costs one message read per row in Python
     and the rest runs in C++ outside the interpreter lock. `run` fills `queue` with
     `ChunkRows` carrying blocks (bounded: workers wait while the source is busy) and puts
