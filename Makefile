@@ -54,7 +54,7 @@ demo: install servers
 
 ## bench: every benchmark scenario (about 15 minutes); JSON and a Markdown table in bench/results/
 bench: install servers
-	$(BIN)/python -m bench.suite
+	$(BIN)/python -m bench.suite --readme
 
 clean:
 	rm -rf $(VENV) .demo .cdc-state .mypy_cache .ruff_cache .pytest_cache .hypothesis

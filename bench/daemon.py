@@ -17,11 +17,10 @@ def run_until(config: Path, reached: Callable[[], bool], timeout_s: float) -> tu
     """Run ``cdc run CONFIG`` until `reached()`; return the seconds from ``replication_started``
     to then and the daemon's peak RSS in MB. The daemon is stopped in every case.
 
-    ``CDC_BENCH_WRAP`` (e.g. ``py-spy record -o p.txt --``) wraps the daemon's command.
+    ``CDC_BENCH_WRAP`` wraps the daemon's command (see `wrap`).
     """
-    prefix = os.environ.get("CDC_BENCH_WRAP", "").split()
-    proc = subprocess.Popen([*prefix, sys.executable, "-m", "cdc.cli", "run", str(config)],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*wrap(config.parent.name), sys.executable, "-m", "cdc.cli", "run", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr or []], daemon=True).start()
     started = None
@@ -42,6 +41,12 @@ def run_until(config: Path, reached: Callable[[], bool], timeout_s: float) -> tu
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def wrap(label: str) -> list[str]:
+    """The command prefix in ``CDC_BENCH_WRAP`` (e.g. ``py-spy record -o p-{name}.txt --``), with
+    ``{name}`` replaced by `label` so each daemon of a benchmark gets its own profile."""
+    return os.environ.get("CDC_BENCH_WRAP", "").replace("{name}", label).split()
 
 
 def json_position(path: Path, *keys: str) -> int | None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 
+from bench.daemon import wrap
 from bench.pg_stream import LOAD, TABLE
 from cdc import __version__
 from cdc.sandbox import DisposablePostgres
@@ -107,13 +108,15 @@ def _cdc(work: Path, dsn: str, workers: int, sink: str) -> tuple[float, float, i
     t0 = time.perf_counter()
     log = work / "cdc.log"
     with log.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "cdc.cli", "run", str(config)], stderr=err)
+        proc = subprocess.Popen([*wrap(f"{sink}-w{workers}"), sys.executable, "-m", "cdc.cli", "run", str(config)],
+                                stdout=subprocess.DEVNULL, stderr=err)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"cdc exited with {proc.returncode}")
     size = sum(f.stat().st_size for f in events.rglob("*") if f.is_file())
+    print(f"{sink} w{workers}: {seconds:.2f} s, daemon cpu {usage.ru_utime + usage.ru_stime:.2f} s", file=sys.stderr)
     return seconds, usage.ru_maxrss / 1024, size, _snapshot_seconds(log)
 
 

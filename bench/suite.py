@@ -6,14 +6,19 @@ document and ``bench/results/<UTC time>.md`` with one table row per measured fig
 copies both to ``bench/results/latest.*``. A scenario that fails is recorded with its
 error and the suite goes on. Quick runs go to ``bench/results/quick/`` (ignored by git).
 
-    .venv/bin/python -m bench.suite [--quick] [--only pg_stream pg_latency ...]
+    .venv/bin/python -m bench.suite [--quick] [--only pg_stream pg_latency ...] [--readme] [--profile]
 
 ``--quick`` runs every scenario on a tenth of the data (a smoke run, not figures to quote).
+``--readme`` rewrites README.md's Performance table (between ``<!-- bench:begin -->`` and
+``<!-- bench:end -->``) from this run. ``--profile`` records each daemon with py-spy
+(``pip install py-spy``; figures then include its overhead: profile runs are not for quoting)
+and appends the summaries of `bench.flame` to the Markdown.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -24,8 +29,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from bench import flame
+from cdc.sandbox import SandboxError, find_postgres_bin_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -83,11 +92,11 @@ def _delta_sink(doc: dict[str, Any]) -> list[Row]:
         {"figure": f"Delta changelog append, {c['rows']:,} rows", "limit":
          f"{c['limit']['tool']}: {_rate(c['limit']['rows_per_s'])}", "cdc": _rate(c["cdc"]["rows_per_s"]),
          "ratio": c["ratio"], "latency": "p50 {p50} / p99 {p99} ms per batch".format(**c["cdc"]["batch_latency_ms"]),
-         "peak_rss_mb": doc["peak_rss_mb"]},
+         "peak_rss_mb": f"{doc['peak_rss_mb']} (bench process, data included)"},
         {"figure": f"Delta mirror, {m['changes']:,} changes into {m['table_rows']:,} rows", "limit":
          f"{m['limit']['tool']}: {_rate(m['limit']['changes_per_s'], 'changes/s')}",
          "cdc": _rate(m["cdc"]["changes_per_s"], "changes/s"), "ratio": m["ratio"], "latency": "-",
-         "peak_rss_mb": doc["peak_rss_mb"]},
+         "peak_rss_mb": f"{doc['peak_rss_mb']} (bench process, data included)"},
     ]
 
 
@@ -95,7 +104,8 @@ def _warehouse_sink(doc: dict[str, Any]) -> list[Row]:
     return [{"figure": f"{name}: {doc['changes']:,} changes into {doc['table_rows']:,} rows",
              "limit": f"engine's own apply: {_rate(e['limit_changes_per_s'], 'changes/s')}",
              "cdc": _rate(e["sink_changes_per_s"], "changes/s"), "ratio": e["ratio"], "latency": "-",
-             "peak_rss_mb": doc.get("peak_rss_mb", "-")} for name, e in doc["engines"].items()]
+             "peak_rss_mb": f"{doc.get('peak_rss_mb', '-')} (bench process, data included)"}
+            for name, e in doc["engines"].items()]
 
 
 def _eventlog_sinks(doc: dict[str, Any]) -> list[Row]:
@@ -136,8 +146,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a tenth of the data: a smoke run")
     parser.add_argument("--only", nargs="+", choices=[s.name for s in SCENARIOS])
+    parser.add_argument("--readme", action="store_true", help="rewrite README.md's Performance table from this run")
+    parser.add_argument("--profile", action="store_true", help="record the daemons with py-spy (slower)")
     args = parser.parse_args()
     started = datetime.now(UTC)
+    stem = started.strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS / "quick" if args.quick or args.profile else RESULTS  # smoke and profile runs are kept apart
+    profiles = out / f"{stem}-profiles"
     documents: dict[str, Any] = {}
     table: list[tuple[str, list[Row] | str]] = []
     for scenario in SCENARIOS:
@@ -146,8 +161,13 @@ def main() -> None:
         argv = [*scenario.argv, *(scenario.quick if args.quick else [])]
         print(f"bench: {scenario.name}: {' '.join(argv[1:])}", file=sys.stderr, flush=True)
         t0 = time.monotonic()
-        result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        if args.profile:
+            profiles.mkdir(parents=True, exist_ok=True)
+            spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy") or "py-spy"
+            target = f"{profiles / scenario.name}-{{name}}.txt"
+            env["CDC_BENCH_WRAP"] = f"{spy} record --gil -r 100 --format raw -o {target} --"
+        result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False, env=env)
         try:
             if result.returncode != 0:
                 raise ValueError(f"exit {result.returncode}: {result.stderr.strip().splitlines()[-1:]}")
@@ -159,22 +179,62 @@ def main() -> None:
             table.append((scenario.what, f"failed: {err}"))
         print(f"bench: {scenario.name}: done in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-               "load_average": os.getloadavg()}
-    out = RESULTS / "quick" if args.quick else RESULTS  # smoke runs are kept apart (and out of git)
+               "load_average": os.getloadavg(), "versions": versions()}
     out.mkdir(parents=True, exist_ok=True)
-    stem = started.strftime("%Y%m%dT%H%M%SZ")
     (out / f"{stem}.json").write_text(json.dumps(
         {"started": started.isoformat(), "quick": args.quick, "machine": machine, "scenarios": documents}, indent=2))
-    (out / f"{stem}.md").write_text(markdown(started, machine, table, args.quick))
+    text = markdown(started, machine, table, args.quick)
+    if args.profile:
+        text += "\n## py-spy profiles (GIL holder, 100 Hz)\n\nRates above include py-spy's overhead and peak RSS " \
+                "figures are py-spy's own: quote a run without --profile.\n\n" + "\n".join(
+            flame.summarise(p, 12) for p in sorted(profiles.glob("*.txt")))
+    (out / f"{stem}.md").write_text(text)
     for suffix in ("json", "md"):
         shutil.copyfile(out / f"{stem}.{suffix}", out / f"latest.{suffix}")
-    print((out / f"{stem}.md").read_text())
+    print(text)
+    if args.readme:
+        update_readme(ROOT / "README.md", text, f"bench/results/{stem}.md" if out == RESULTS else None)
+
+
+def versions() -> dict[str, str]:
+    """The versions of what the figures depend on: cdc's libraries and the servers' binaries."""
+    found = {}
+    for dist in ("psycopg", "psycopg-binary", "pyarrow", "deltalake", "duckdb", "mysql-replication", "orjson"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[dist] = metadata.version(dist)
+    for name, command in (("postgresql", [str(find_postgres_bin_dir() / "postgres"), "--version"]),
+                          ("mariadb", ["mariadbd", "--version"])):
+        try:
+            line = subprocess.run(command, capture_output=True, text=True, check=True, timeout=30).stdout
+            found[name] = line.strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError, SandboxError, IndexError):
+            pass
+    return found
+
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def update_readme(readme: Path, text: str, source: str | None) -> None:
+    """Replace what README.md holds between `BEGIN` and `END` with this run's table."""
+    doc = readme.read_text()
+    head, sep, rest = doc.partition(BEGIN)
+    _, sep2, tail = rest.partition(END)
+    if not sep or not sep2:
+        raise SystemExit(f"{readme}: no {BEGIN} ... {END} section to rewrite")
+    body = text.split("\n", 1)[1].strip()  # without the document's own title
+    where = f" ([{source}]({source}))" if source else ""
+    generated = f"{BEGIN}\n<!-- generated by `python -m bench.suite --readme`; do not edit -->\n" \
+                f"Generated from a full `make bench` run{where}:\n\n{body}\n{END}"
+    readme.write_text(head + generated + tail)
 
 
 def markdown(started: datetime, machine: dict[str, Any], table: list[tuple[str, list[Row] | str]], quick: bool) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items())
     lines = [f"# cdc benchmarks, {started:%Y-%m-%d %H:%M} UTC{' (quick smoke run)' if quick else ''}", "",
              f"Machine: {machine['cpus']} CPUs, Python {machine['python']}, {machine['platform']}, "
              f"load average at the end {', '.join(f'{x:.1f}' for x in machine['load_average'])}.", "",
+             f"Versions: {versions}.", "",
              "| scenario | figure | limit (same run) | cdc | ratio | latency | peak RSS MB |",
              "|---|---|---|---|---|---|---|"]
     for what, rows in table:

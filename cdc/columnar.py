@@ -252,7 +252,9 @@ def _with_meta(
 def _block_table(block: RowBlock, schema: pa.Schema) -> pa.Table:
     """A columnar block of snapshot rows with its metadata columns, without touching a row."""
     n = len(block)
-    seqs = pa.array(range(block.first_seq, block.first_seq + n), pa.uint64())
+    # first_seq, first_seq + 1, ... in C (a Python range would build n ints)
+    one = pa.scalar(1, pa.uint64())
+    seqs = pc.add(pc.subtract(pc.cumulative_sum(pa.repeat(one, n)), one), pa.scalar(block.first_seq, pa.uint64()))
     position = pc.binary_join_element_wise(
         pa.repeat(position_text(block.tx.commit, 0)[:_DIGITS], n),
         pc.utf8_lpad(pc.cast(seqs, pa.string()), width=_DIGITS, padding="0"), ":",

@@ -154,8 +154,21 @@ class MySqlSourceConfig(_Strict):
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     read_timeout_s: float = Field(default=30.0, gt=0)
     zero_dates: Literal["null", "fail"] = "null"
+    snapshot_method: Literal["auto", "consistent", "flush", "watermark"] = "auto"
+    #: The older spelling: ``flush`` is ``snapshot_method: flush``, ``none`` is ``auto``.
     snapshot_lock: Literal["none", "flush"] = "none"
     on_binlog_gone: Literal["fail", "resnapshot"] = "fail"
+    resume_by: Literal["gtid", "position"] = "gtid"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _snapshot_lock_alias(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("snapshot_lock") != "flush":
+            return data
+        method = data.get("snapshot_method", "auto")
+        if method not in ("auto", "flush"):
+            raise ValueError(f"snapshot_lock: flush contradicts snapshot_method: {method}; give snapshot_method only")
+        return {**data, "snapshot_method": "flush"}
 
 
 class FileSinkConfig(_Strict):

@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from cdc.events import ChangeBatch, Position, RowChange, RowCodec, TableChanges, TableSchema
+import pyarrow as pa
+
+from cdc.events import ChangeBatch, Position, RowBlock, RowChange, RowCodec, TableChanges, TableSchema
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,19 @@ class OpenBatch:
         self.filling.append(table)
         table.append = seg.changes.append
         return table.append
+
+    def add_block(self, schema: TableSchema, codec: RowCodec, block: RowBlock) -> None:
+        """Append snapshot rows in columns. A block that continues the batch's last one (the same
+        table, schema and snapshot, the next sequence number) joins it, so a columnar sink
+        writes each table once per batch (one Delta commit, not one per block read)."""
+        last = self.tables[-1] if self.tables else None
+        prev = last.block if last is not None else None
+        if (last is not None and prev is not None and last.codec is codec and last.schema == schema
+                and prev.tx == block.tx and prev.lsn == block.lsn and prev.last_seq + 1 == block.first_seq):
+            joined = RowBlock(prev.tx, prev.first_seq, prev.lsn, pa.concat_tables([prev.raw, block.raw]), prev.convert)
+            self.tables[-1] = TableChanges(schema, codec, block=joined)
+        else:
+            self.tables.append(TableChanges(schema, codec, block=block))
 
     def full(self, max_events: int, max_bytes: int) -> bool:
         return self.events >= max_events or self.nbytes >= max_bytes

@@ -1,9 +1,9 @@
 """The binlog adapter (connectors/mysql/binlog.py) against the library traps it wraps.
 
-Each test fails with python-mysql-replication's own behaviour: ``is_mariadb=True``
+Each trap test fails with python-mysql-replication's own behaviour: ``is_mariadb=True``
 ignoring the requested file and position, and the silent reconnect after a dropped
-dump connection. They run on a MariaDB server of their own (they rotate binlogs and
-kill connections).
+dump connection; a GTID dump gives the positions of a dump by file and position. They
+run on a MariaDB server of their own (they rotate binlogs and kill connections).
 """
 
 from __future__ import annotations
@@ -14,7 +14,18 @@ from collections.abc import Iterator
 import pytest
 
 from cdc.sandbox import DisposableMariaDB
-from connectors.mysql.binlog import BinlogConnectionLost, BinlogReader, BinlogRecord, Idle, Rows, TxStart
+from connectors.mysql.binlog import (
+    BinlogConnectionLost,
+    BinlogGone,
+    BinlogReader,
+    BinlogRecord,
+    Idle,
+    Rotate,
+    Rows,
+    Statement,
+    TxCommit,
+    TxStart,
+)
 from integration.daemon import wait_until
 
 
@@ -26,10 +37,10 @@ def server() -> Iterator[DisposableMariaDB]:
         yield s
 
 
-def reader(server: DisposableMariaDB, file: str, offset: int) -> BinlogReader:
+def reader(server: DisposableMariaDB, file: str, offset: int, gtids: str | None = None) -> BinlogReader:
     return BinlogReader(host=server.host, port=server.port, user=server.user, password=server.password,
                         server_id=777, log_file=file, log_pos=offset, schemas=["traps"], heartbeat_s=0.2,
-                        read_timeout_s=5)
+                        read_timeout_s=5, gtids=gtids)
 
 
 def until_idle(r: BinlogReader) -> list[BinlogRecord]:
@@ -129,3 +140,44 @@ def test_compiled_row_decoder_matches_the_library_on_every_type(server: Disposab
         assert r.decoded["compiled" if compiled else "library"] == 8 and sum(r.decoded.values()) == 8
     assert len(results[0]) == 4 + 4 + 2 + 1 + 1
     assert results[0] == results[1]
+
+
+def test_a_gtid_dump_gives_the_records_and_positions_of_a_dump_by_file_and_position(
+    server: DisposableMariaDB,
+) -> None:
+    """After the GTID state of (file, offset): the same records, files and positions as a dump from there."""
+    server.execute("CREATE TABLE g (id int PRIMARY KEY, v varchar(10)); INSERT INTO g VALUES (1, 'before')",
+                   database="traps")
+    file, offset = server.query("SHOW MASTER STATUS")[0][:2]
+    state = server.query(f"SELECT BINLOG_GTID_POS('{file}', {offset})")[0][0]
+    server.execute("INSERT INTO g VALUES (2, 'a'); INSERT INTO g VALUES (3, 'b'); FLUSH BINARY LOGS; "
+                   "UPDATE g SET v = 'c' WHERE id = 2; DELETE FROM g WHERE id = 3; "
+                   "ALTER TABLE g ADD COLUMN w int; INSERT INTO g VALUES (4, 'd', 4)", database="traps")
+    dumps = []
+    for gtids in (None, state):
+        r = reader(server, file, int(offset), gtids)
+        try:
+            r.open()
+            dumps.append(until_idle(r))
+        finally:
+            r.close()
+    by_position, by_gtid = dumps
+    assert by_position[0] == Rotate(file, int(offset)) and by_gtid[0] == Rotate(file, 4)
+    assert by_gtid[1:] == by_position[1:]
+    kinds = [type(rec).__name__ for rec in by_gtid[1:]]
+    assert kinds.count("Rotate") == 2 and kinds.count("Statement") == 1 and kinds.count("TxCommit") == 5, kinds
+    assert all(s.file == file and s.start >= int(offset) for s in by_gtid[1:4] if isinstance(s, TxStart))
+    assert next(img for rec in by_gtid if isinstance(rec, Rows) for img in rec.images) == (None, (2, "a"))
+    assert isinstance(by_gtid[-1], TxCommit) and not isinstance(by_gtid[-2], Statement)
+
+
+def test_a_gtid_state_the_server_cannot_serve_raises_binlog_gone(server: DisposableMariaDB) -> None:
+    """A GTID beyond the server's binlog: `open` raises BinlogGone with the server's message (error 1236)."""
+    file, offset = server.query("SHOW MASTER STATUS")[0][:2]
+    domain, server_id, seq = server.query("SELECT @@gtid_binlog_pos")[0][0].split(",")[0].split("-")
+    r = reader(server, file, int(offset), f"{domain}-{server_id}-{int(seq) + 1000}")
+    try:
+        with pytest.raises(BinlogGone, match="GTID"):
+            r.open()
+    finally:
+        r.close()

@@ -6,6 +6,7 @@ on a MariaDB server of their own, never the session's shared one.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,3 +177,71 @@ def test_flush_snapshot_without_reload_refused(db: MariaDatabase, tmp_path: Path
     finally:
         db.server.execute(f"DROP USER '{user}'@'%'")
     assert_user_error(result, files, "lacks RELOAD")
+
+
+def stream_then_reset(db: MariaDatabase, tmp_path: Path, daemons: Daemons, rotate: bool = True,
+                      **source: Any) -> JobFiles:
+    """Stream into a file sink, stop the daemon, then ``RESET MASTER`` and (`rotate`) rotate past
+    the sinks' binlog file name again: their file is there, the GTID state they hold is not (and
+    positions after it lie past theirs, so a re-snapshot is not skipped as already held)."""
+    files = JobFiles(tmp_path / "job")
+    write_config(files, mysql_job_config(files, host=db.host, port=db.port, user=db.user, password=db.password,
+                                         database=db.dbname, **source))
+    record = files.state_dir / f"{files.job}.mysql-gtid.json"
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    daemon.wait_for("replication_started")
+    db.execute("INSERT INTO t VALUES (1, 1), (2, 2), (3, 3)")
+    wait_until(lambda: sink_position(files.sink) is not None and record.exists(), 30, "a durable batch")
+    assert daemon.terminate(10.0) == 0
+    needed = json.loads(record.read_text())["position"].split(":")[0]
+    db.server.execute("RESET MASTER")
+    while rotate and int(db.server.query("SHOW MASTER STATUS")[0][0].rpartition(".")[2]) <= int(needed):
+        db.server.execute("FLUSH BINARY LOGS")
+    db.execute("DELETE FROM t WHERE id = 1")
+    db.execute("INSERT INTO t VALUES (4, 4)")
+    return files
+
+
+def test_gtid_state_gone_refused(db: MariaDatabase, tmp_path: Path, daemons: Daemons) -> None:
+    """The server cannot send from the GTID state the sinks hold (RESET MASTER): one line, exit 2."""
+    files = stream_then_reset(db, tmp_path, daemons)
+    held = sink_position(files.sink)
+    result = run_cdc("run", files.config, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("cdc: error:")]
+    assert len(lines) == 1 and "cannot send the binlog from the GTID state" in lines[0], result.stderr
+    assert "not in the master's binlog" in lines[0] and "on_binlog_gone: resnapshot" in lines[0], lines
+    assert "Traceback" not in result.stderr
+    assert sink_position(files.sink) == held
+
+
+@pytest.mark.parametrize("resume_by", ["gtid", "position"])
+def test_rewound_binlog_refused(db: MariaDatabase, tmp_path: Path, daemons: Daemons, resume_by: str) -> None:
+    """RESET MASTER without rotations: the sinks' position lies past the server's end of binlog,
+    where even a re-snapshot would be skipped as held; one line, exit 2, whatever on_binlog_gone says."""
+    files = stream_then_reset(db, tmp_path, daemons, rotate=False, on_binlog_gone="resnapshot", resume_by=resume_by)
+    held = sink_position(files.sink)
+    result = run_cdc("run", files.config, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("cdc: error:")]
+    assert len(lines) == 1 and "past the server's end of binlog" in lines[0], result.stderr
+    assert "RESET MASTER?" in lines[0] and "delete the sinks' data and the job's state" in lines[0], lines
+    assert "Traceback" not in result.stderr
+    assert sink_position(files.sink) == held
+
+
+def test_gtid_state_gone_resnapshots(db: MariaDatabase, tmp_path: Path, daemons: Daemons) -> None:
+    """``on_binlog_gone: resnapshot`` after a GTID state the server cannot send: a fresh snapshot, then streaming."""
+    files = stream_then_reset(db, tmp_path, daemons, on_binlog_gone="resnapshot")
+    daemon = daemons.new(files.config, tmp_path / "cdc2.log").start()
+    assert "GTID state" in daemon.wait_for("binlog_gone_resnapshotting")["needed"]
+    daemon.wait_for("replication_started", timeout=60)
+    db.execute("INSERT INTO t VALUES (6, 6)")
+    expected = mysql.source_rows(db, "t")
+    assert sorted(expected) == [(2,), (3,), (4,), (6,)]
+    table = f"{db.dbname}.t"
+    wait_until(lambda: rebuild(files.sink).get(table) == expected, 30, "the sink to match the source")
+    assert daemon.terminate(10.0) == 0
+    ops = [e["op"] for e in envelopes(files.sink)]
+    assert ops == ["c", "c", "c", "t", "r", "r", "r", "c"], ops
+    assert "Traceback" not in daemon.stderr(all_runs=True)

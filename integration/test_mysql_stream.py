@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cdc.events import Position
 from integration import mysql
 from integration.conftest import MariaDatabase
 from integration.daemon import (
@@ -52,12 +53,14 @@ def items(mariadb: MariaDatabase) -> MariaDatabase:
     return mariadb
 
 
+@pytest.mark.parametrize("resume_by", ["gtid", "position"])
 def test_kill_9_twice_mid_stream_loses_and_doubles_nothing(
-    items: MariaDatabase, tmp_path: Path, daemons: Daemons
+    items: MariaDatabase, tmp_path: Path, daemons: Daemons, resume_by: str
 ) -> None:
-    """Two SIGKILLs mid-stream: the sink still equals the source row by row, no event id twice."""
+    """Two SIGKILLs mid-stream, resuming by GTID or by position: the sink still equals the
+    source row by row, no event id twice."""
     db = items
-    files = mysql.make_job(db, tmp_path)
+    files = mysql.make_job(db, tmp_path, resume_by=resume_by)
     daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
     daemon.wait_for("replication_started")
     writer = ChangeWriter(None, seed=20240601, mysql=db)
@@ -86,6 +89,8 @@ def test_kill_9_twice_mid_stream_loses_and_doubles_nothing(
     ids = assert_no_duplicate_ids(files)
     assert len(ids) >= writer.transactions * 2
     assert files.checkpoints(), "the job never saved a checkpoint"
+    starts = [e for e in daemon.events(all_runs=True) if e.get("event") == "replication_started"]
+    assert [e["resume_by"] for e in starts] == ["position", resume_by, resume_by], starts
 
 
 def test_a_killed_dump_connection_resumes_from_the_committed_position(
@@ -128,18 +133,20 @@ def test_a_killed_dump_connection_resumes_from_the_committed_position(
     assert len(retries) >= 2 and all("binlog connection lost" in e["error"] for e in retries)
 
 
-def test_catch_up_over_a_backlog_of_100k_transactions_repeats_nothing(
+def test_gtid_catch_up_over_a_backlog_of_100k_transactions_repeats_nothing(
     mariadb: MariaDatabase, tmp_path: Path, daemons: Daemons
 ) -> None:
-    """100k transactions written while the daemon is down arrive once each on restart (none replayed)."""
+    """SIGKILL, 100k transactions while the daemon is down, restart by GTID: each arrives once, no reconnect."""
     db = mariadb
     mysql.execute(db, "CREATE TABLE backlog (id int PRIMARY KEY, v int)")
     files = mysql.make_job(db, tmp_path)
+    record = files.state_dir / f"{files.job}.mysql-gtid.json"
     daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
     daemon.wait_for("replication_started")
     mysql.execute(db, "INSERT INTO backlog VALUES (0, 0)")
-    wait_until(lambda: sink_position(files.sink) is not None, CATCH_UP_S, "a durable batch")
-    assert daemon.terminate(10.0) == 0
+    wait_until(lambda: sink_position(files.sink) is not None and record.exists(), CATCH_UP_S,
+               "a durable batch and its GTID record")
+    assert daemon.kill() == -9
     mysql.execute(
         db,
         "CREATE PROCEDURE fill() BEGIN DECLARE i INT DEFAULT 1; "
@@ -147,6 +154,7 @@ def test_catch_up_over_a_backlog_of_100k_transactions_repeats_nothing(
     )
     mysql.execute(db, "CALL fill()")  # autocommit: one transaction per row
     daemon.start()
+    assert daemon.wait_for("replication_started")["resume_by"] == "gtid"
     name = f"{db.dbname}.backlog"
     wait_until(lambda: len(sink_rows(files, name)) == 100_001, 120, "the backlog", interval=1.0)
     assert daemon.terminate(10.0) == 0
@@ -154,12 +162,14 @@ def test_catch_up_over_a_backlog_of_100k_transactions_repeats_nothing(
     ids = assert_no_duplicate_ids(files)
     assert len(ids) == 100_001
     assert sink_rows(files, name) == mysql.source_rows(db, "backlog")
+    names = [e.get("event") for e in daemon.events(all_runs=True)]
+    assert "job_retrying" not in names and names.count("replication_started") == 2, names
 
 
-def test_the_gtid_of_the_last_transaction_the_sinks_hold_is_recorded(
+def test_the_gtid_state_the_sinks_hold_is_recorded(
     items: MariaDatabase, tmp_path: Path, daemons: Daemons
 ) -> None:
-    """``<job>.mysql-gtid.json`` names the server's last GTID once the sink holds everything (not yet used)."""
+    """``<job>.mysql-gtid.json`` holds the server's GTID state once the sink holds everything."""
     db = items
     files = mysql.make_job(db, tmp_path)
     daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
@@ -170,8 +180,10 @@ def test_the_gtid_of_the_last_transaction_the_sinks_hold_is_recorded(
     last = db.server.query("SELECT @@gtid_binlog_pos")[0][0]
     wait_caught_up(db, files, daemon)
     record = files.state_dir / f"{files.job}.mysql-gtid.json"
-    wait_until(lambda: record.exists() and json.loads(record.read_text())["gtid"] == last, 10,
-               f"the recorded GTID to reach {last}")
+    wait_until(lambda: record.exists() and json.loads(record.read_text())["gtids"] == last, 10,
+               f"the recorded GTID state to reach {last}")
     assert daemon.terminate(10.0) == 0
-    assert json.loads(record.read_text())["gtid"] == last
+    doc = json.loads(record.read_text())
+    assert doc["gtids"] == last and doc["server"] == "mariadb"
+    assert doc["commit"] <= Position.from_json(sink_position(files.sink)).commit
     assert_clean_log(daemon)

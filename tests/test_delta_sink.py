@@ -31,6 +31,7 @@ from cdc.events import (
     Transaction,
 )
 from cdc.sink import SourceInfo
+from cdc.source import OpenBatch
 from connectors.postgres import types as pg
 from sinks.delta.schema import delta_type, plan_evolution
 from sinks.delta.sink import DeltaSink
@@ -249,3 +250,27 @@ def test_logical_messages_reach_no_delta_table(tmp_path: Path) -> None:
     asyncio.run(s.write(batch(USERS, [("m", tx(1), 1, 0, None, (b"app",))])))
     assert s.position() == Position(100)
     assert not (tmp_path / "public").exists()
+
+
+def test_contiguous_snapshot_blocks_join_into_one_commit(tmp_path: Path) -> None:
+    """Blocks of one snapshot that follow each other in a batch join (OpenBatch.add_block): one
+    Delta commit per table and batch; a gap in the sequence or another snapshot keeps them apart."""
+    codec = table(ORDERS, []).codec
+    first, other = Transaction(0, 50, TS), Transaction(0, 60, TS)
+
+    def block(tx_: Transaction, first_seq: int, ids: list[int]) -> RowBlock:
+        return block_batch(tx_, first_seq, ids).tables[0].block  # type: ignore[return-value]
+
+    b = OpenBatch()
+    b.add_block(ORDERS, codec, block(first, 1, [1, 2]))
+    b.add_block(ORDERS, codec, block(first, 3, [3]))
+    b.add_block(ORDERS, codec, block(first, 5, [5]))  # seq 4 missing: a new piece
+    b.add_block(ORDERS, codec, block(other, 6, [6]))  # another snapshot: a new piece
+    assert [(t.block.first_seq, len(t.block)) for t in b.tables if t.block is not None] == [(1, 3), (5, 1), (6, 1)]
+    s = sink(tmp_path)
+    joined = OpenBatch()
+    joined.add_block(ORDERS, codec, block(first, 1, [1, 2]))
+    joined.add_block(ORDERS, codec, block(first, 3, [3, 4]))
+    asyncio.run(s.write(joined.cut(Position(first.commit, 4))))
+    assert [r[0] for r in rows(tmp_path)] == [1, 2, 3, 4]
+    assert len(DeltaTable(str(tmp_path / "public/orders")).history()) == 2  # create + one WRITE

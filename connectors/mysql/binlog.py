@@ -1,21 +1,27 @@
 """The one adapter around python-mysql-replication (`pymysqlreplication`).
 
 Nothing else in cdc imports the library. `BinlogReader` opens a binlog dump at a
-binlog file and position and turns the library's events into the small typed records
-below; everything the library gets wrong or does silently is handled here:
+binlog file and position, or after a GTID state, and turns the library's events into
+the small typed records below; everything the library gets wrong or does silently is
+handled here:
 
-* **Positions, never the library's GTID dump.** With ``is_mariadb=True`` the library
-  ignores `log_file`/`log_pos` and replays from the first binlog, and its MariaDB GTID
-  dump packet declares 14 bytes but sends 15 (the server drops the connection while
-  catching up on a backlog, and the library then reconnects from the original GTID).
-  The reader always dumps by file and position (``is_mariadb=False``,
-  ``resume_stream=True``), which MariaDB and MySQL both serve; GTIDs are read from the
-  stream (MariaDB GTID events, MySQL GTID events) and reported, not used to start.
+* **File and position: never ``is_mariadb=True``.** With it the library ignores
+  `log_file`/`log_pos` and replays from the first binlog; a dump by file and position
+  uses ``is_mariadb=False``, ``resume_stream=True``, which MariaDB and MySQL both serve.
+* **GTID dumps with a correct packet.** The library's MariaDB GTID dump (``SET
+  @slave_connect_state`` then ``COM_BINLOG_DUMP``) declares 14 bytes but sends 15: the
+  server drops the connection while catching up on a backlog, and the library then
+  reconnects from the original GTID (over 100k duplicate transactions in 15 s). Its
+  MySQL ``COM_BINLOG_DUMP_GTID`` is sized right but names a file of three NUL bytes. The
+  stream connection rewrites both with `corrected_dump_packet` before they leave (the
+  MySQL one with an empty name, **untested here**). Events of a GTID dump carry the same
+  binlog file and positions as a dump by file and position.
 * **No silent reconnects.** The library reconnects on errors 2006/2013 from wherever
-  its own mutable `log_pos` points, which can be mid-transaction, and replays or skips
-  events without telling anyone. The stream connection here raises
-  `BinlogConnectionLost` instead, so the source fails with a retryable error and the
-  daemon restarts it from its own committed position.
+  its own mutable `log_pos` (or its original GTID) points, which can be mid-transaction
+  or far behind, and replays or skips events without telling anyone. The stream
+  connection here raises `BinlogConnectionLost` instead, so the source fails with a
+  retryable error and the daemon restarts it from its own committed position. A dump
+  the server refuses (error 1236: the GTID state or file is gone) raises `BinlogGone`.
 * **Schemas by table map, never by table id across a rotate.** Table ids are not
   stable across server restarts; the reader forgets every table map on a rotate.
 """
@@ -42,20 +48,83 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.row_event import DeleteRowsEvent, RowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
 
-from connectors.mysql.rows import Decoded, RowColumn, RowDecoder, compile_decoder, text_encoding
+from connectors.mysql.rows import RowColumn, RowDecoder, compile_decoder, text_encoding
 
 #: The client error codes of a lost connection (CR_SERVER_GONE_ERROR, CR_SERVER_LOST).
 _LOST = frozenset({2006, 2013})
+#: ER_MASTER_FATAL_ERROR_READING_BINLOG: the server cannot send what the dump asked for.
+_FATAL_READING_BINLOG = 1236
+COM_BINLOG_DUMP = 0x12
+COM_BINLOG_DUMP_GTID = 0x1E
+#: COM_BINLOG_DUMP_GTID flag: the dump starts after the GTID set in its data.
+BINLOG_THROUGH_GTID = 0x04
 
 
 class BinlogConnectionLost(Exception):
     """The binlog dump connection dropped; the caller restarts from its own position."""
 
 
+class BinlogGone(BinlogConnectionLost):
+    """The server refused the dump's start (error 1236): its GTID state or binlog file is gone.
+
+    The server's message says which (MariaDB: ``Could not find GTID state requested by
+    slave in any binlog files``; MySQL: ``... the master has purged binary logs containing
+    GTIDs that the slave requires``)."""
+
+
+def _packet(payload: bytes) -> bytes:
+    """`payload` behind the 4-byte header of a client command (3-byte length, sequence id 0)."""
+    return struct.pack("<I", len(payload))[:3] + b"\x00" + payload
+
+
+def binlog_dump_packet(*, server_id: int, file: str, position: int, flags: int = 0) -> bytes:
+    """``COM_BINLOG_DUMP``: 1 command byte, position (4), flags (2), server id (4), file name
+    (the rest; empty for a MariaDB GTID dump, which starts after ``@slave_connect_state``)."""
+    return _packet(struct.pack("<BIHI", COM_BINLOG_DUMP, position, flags, server_id) + file.encode())
+
+
+def gtid_dump_packet(*, server_id: int, gtid_set: bytes, flags: int = 0, file: str = "", position: int = 4) -> bytes:
+    """MySQL's ``COM_BINLOG_DUMP_GTID``: 1 command byte, flags (2), server id (4), file name
+    size (4) and name, position (8), data size (4) and the encoded GTID set (data)."""
+    name = file.encode()
+    return _packet(struct.pack("<BHII", COM_BINLOG_DUMP_GTID, flags | BINLOG_THROUGH_GTID, server_id, len(name))
+                   + name + struct.pack("<QI", position, len(gtid_set)) + gtid_set)
+
+
+def corrected_dump_packet(data: bytes) -> bytes:
+    """`data` (a client packet with its header) with a binlog dump command rebuilt right.
+
+    The library's MariaDB GTID dump declares 14 bytes and sends 15 (the file name is four
+    NUL bytes); its MySQL ``COM_BINLOG_DUMP_GTID`` names a file of three NUL bytes (name
+    size 3). Both are rebuilt from their fields, NUL file names as empty ones, with the
+    length they have; every other packet (a dump by file and position too) comes out as is.
+    """
+    if len(data) < 5 or data[3] != 0 or data[4] not in (COM_BINLOG_DUMP, COM_BINLOG_DUMP_GTID):
+        return data
+    body = data[5:]
+    if data[4] == COM_BINLOG_DUMP:
+        if len(body) < 10:
+            return data
+        position, flags, server_id = struct.unpack_from("<IHI", body)
+        file = body[10:].rstrip(b"\x00").decode()
+        return binlog_dump_packet(server_id=server_id, file=file, position=position, flags=flags)
+    if len(body) < 10:
+        return data
+    flags, server_id, name_size = struct.unpack_from("<HII", body)
+    name = body[10:10 + name_size]
+    rest = body[10 + name_size:]
+    if len(rest) < 12:
+        return data
+    position, size = struct.unpack_from("<QI", rest)
+    return gtid_dump_packet(server_id=server_id, gtid_set=rest[12:12 + size], flags=flags,
+                            file=name.rstrip(b"\x00").decode(), position=position)
+
+
 class _NoSilentReconnect(pymysql.connections.Connection):
     """A connection whose lost-connection errors the library cannot swallow.
 
-    It also takes the library's deprecated ``db`` keyword as ``database`` (PyMySQL warns).
+    Binlog dump commands leave through `corrected_dump_packet`. It also takes the
+    library's deprecated ``db`` keyword as ``database`` (PyMySQL warns).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -69,7 +138,12 @@ class _NoSilentReconnect(pymysql.connections.Connection):
         except pymysql.OperationalError as err:
             if err.args and err.args[0] in _LOST:
                 raise BinlogConnectionLost(str(err.args[-1])) from err
+            if err.args and err.args[0] == _FATAL_READING_BINLOG:
+                raise BinlogGone(str(err.args[-1])) from err
             raise
+
+    def _write_bytes(self, data: bytes) -> None:
+        super()._write_bytes(corrected_dump_packet(data))  # type: ignore[misc]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +161,10 @@ class BinlogColumn:
     binary: bool = False  # BINARY/VARBINARY/BLOB (charset 'binary')
     enum_values: tuple[str, ...] = ()
     set_values: tuple[str, ...] = ()
+
+
+#: One row image: column values in table-map order.
+Image = tuple[Any, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,37 +193,59 @@ class TxStart:
     timestamp: int
 
 
-@dataclass(frozen=True, slots=True)
 class Rows:
     """The rows of one rows event of `table`.
 
-    Either `body`, the row images' bytes (every column present and `table.shape` known: the
-    source decodes them straight into its changes, `rows.compile_change_decoder`), or the
-    library's decoding. Either way `images` gives ``(before, after)`` per row, in order, each
-    a tuple of column values in table-map order as the library decodes them, and `flags`
-    the values the library returns as None for a reason other than NULL (``(row, side,
-    column, source)``, side 0 before and 1 after: zero dates, the empty SET).
+    `images` gives ``(before, after)`` per row, in order, each a tuple of column values in
+    table-map order as the library decodes them; `flags` the values the library returns
+    as None for a reason other than NULL (``(row, side, column, source)``, side 0 before
+    and 1 after: zero dates, the empty SET).
+
+    When every column is present and `table.shape` is known, the reader hands over only
+    `body`, the row images' bytes: the source decodes them straight into its changes
+    (`rows.compile_change_decoder`), and `images`/`flags` are decoded from them (by
+    `table.decoder`, the library's values) only when asked for.
     """
 
-    op: str  # "c", "u", "d"
-    table: TableMap
-    end: int  # binlog position after the event
-    body: bytes | None = None
-    decoded: Decoded | None = None
+    __slots__ = ("_flags", "_images", "body", "end", "op", "table")
+
+    def __init__(self, op: str, table: TableMap, images: list[tuple[Image | None, Image | None]] | None,
+                 flags: list[tuple[int, int, int, str]] | None, end: int, body: bytes | None = None) -> None:
+        self.op = op  # "c", "u", "d"
+        self.table = table
+        self.end = end  # binlog position after the event
+        self.body = body
+        self._images = images
+        self._flags = flags
 
     @property
-    def images(self) -> list[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]]:
-        return self._decoded()[0]
+    def images(self) -> list[tuple[Image | None, Image | None]]:
+        if self._images is None:
+            self._decode()
+        assert self._images is not None
+        return self._images
 
     @property
     def flags(self) -> list[tuple[int, int, int, str]]:
-        return self._decoded()[1]
+        if self._flags is None:
+            self._decode()
+        assert self._flags is not None
+        return self._flags
 
-    def _decoded(self) -> Decoded:
-        if self.decoded is not None:
-            return self.decoded
+    def _decode(self) -> None:
         assert self.body is not None and self.table.decoder is not None
-        return self.table.decoder(self.body, self.op)
+        self._images, self._flags = self.table.decoder(self.body, self.op)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Rows):
+            return NotImplemented
+        return (self.op, self.table, self.end, self.images, self.flags) == \
+            (other.op, other.table, other.end, other.images, other.flags)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable (the watermark filter appends to parts)
+
+    def __repr__(self) -> str:
+        return f"Rows({self.op!r}, {self.table.database}.{self.table.table}, {len(self.images)} rows, end={self.end})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,11 +330,17 @@ def _column(col: Any) -> BinlogColumn:
 
 
 class BinlogReader:
-    """A binlog dump from (`log_file`, `log_pos`) on, as `BinlogRecord`s.
+    """A binlog dump from (`log_file`, `log_pos`) on, or after the GTID state `gtids`, as
+    `BinlogRecord`s.
 
-    Blocking (run it in a worker thread). The server sends a heartbeat every
-    `heartbeat_s` when idle, which comes out as `Idle`; a connection silent for
-    `read_timeout_s` is dead and raises `BinlogConnectionLost`, as does any drop.
+    `gtids`: MariaDB (`mariadb`) ``@slave_connect_state``, the last GTID per domain
+    (``0-1-42,1-2-7``, strict mode); MySQL a GTID set (``uuid:1-42``, **untested here**).
+    The server then finds the binlog file itself and sends what follows the state; the
+    first record is a `Rotate` to that file, and every position is the event's own, as a
+    dump by file and position gives. Blocking (run it in a worker thread). The server
+    sends a heartbeat every `heartbeat_s` when idle, which comes out as `Idle`; a
+    connection silent for `read_timeout_s` is dead and raises `BinlogConnectionLost`, as
+    does any drop.
     """
 
     def __init__(
@@ -252,6 +358,8 @@ class BinlogReader:
         read_timeout_s: float = 30.0,
         connect_timeout_s: int = 10,
         compiled_rows: bool = True,
+        gtids: str | None = None,
+        mariadb: bool = True,
     ) -> None:
         """`compiled_rows`: decode row images with connectors/mysql/rows.py where it knows every
         column type (the library decodes the rest)."""
@@ -268,7 +376,10 @@ class BinlogReader:
             blocking=True,
             log_file=log_file,
             log_pos=log_pos,
-            is_mariadb=False,  # never the library's GTID dump: see the module docstring
+            # By file and position: never is_mariadb=True (see the module docstring). By GTID:
+            # the library's own dump commands, which the connection corrects as they leave.
+            auto_position=gtids or None,
+            is_mariadb=mariadb and bool(gtids),
             only_events=_EVENTS,
             only_schemas=schemas,
             slave_heartbeat=heartbeat_s,
@@ -282,6 +393,7 @@ class BinlogReader:
         #: Rows events decoded by the compiled decoder and by the library (for tests and logs).
         self.decoded = {"compiled": 0, "library": 0}
         self._in_tx = False
+        self._opened: Rotate | None = None
 
     @property
     def file(self) -> str:
@@ -297,14 +409,36 @@ class BinlogReader:
         with contextlib.suppress(pymysql.Error, OSError, BinlogConnectionLost):
             self._reader.close()
 
+    def open(self) -> None:
+        """Start the dump now and read its first event (the server's `Rotate` to the file it
+        starts in): `BinlogGone` if the server refuses where it starts, `BinlogConnectionLost`
+        if the connection fails. `records` yields that `Rotate` first."""
+        try:
+            event = self._reader.fetchone()
+        except pymysql.OperationalError as err:
+            raise BinlogConnectionLost(str(err.args[-1]) if err.args else str(err)) from err
+        except (OSError, struct.error) as err:
+            raise BinlogConnectionLost(str(err)) from err
+        if not isinstance(event, RotateEvent):
+            raise BinlogConnectionLost(f"the binlog dump began with {type(event).__name__}, not a rotate event")
+        self._opened = self._rotate(event)
+
     def records(self) -> Iterator[BinlogRecord]:
         """Records in binlog order, forever (until the connection is lost or closed)."""
         try:
+            if self._opened is not None:
+                opened, self._opened = self._opened, None
+                yield opened
             yield from self._records()
         except pymysql.OperationalError as err:
             raise BinlogConnectionLost(str(err.args[-1]) if err.args else str(err)) from err
         except (OSError, struct.error) as err:
             raise BinlogConnectionLost(str(err)) from err
+
+    def _rotate(self, event: Any) -> Rotate:
+        self._file = str(event.next_binlog)
+        self._maps.clear()
+        return Rotate(self._file, int(event.position))
 
     def _records(self) -> Iterator[BinlogRecord]:
         while True:
@@ -314,9 +448,7 @@ class BinlogReader:
             packet = event.packet
             end = int(packet.log_pos)
             if isinstance(event, RotateEvent):
-                self._file = str(event.next_binlog)
-                self._maps.clear()
-                yield Rotate(self._file, int(event.position))
+                yield self._rotate(event)
             elif isinstance(event, TableMapEvent):
                 shape, decoder = self._decoder(event.columns)
                 self._maps[int(event.table_id)] = TableMap(
@@ -373,7 +505,7 @@ class BinlogReader:
             op = "u" if isinstance(event, UpdateRowsEvent) else "c" if isinstance(event, WriteRowsEvent) else "d"
             packet = event.packet
             self.decoded["compiled"] += 1
-            return Rows(op, table, end, body=packet.read(event.event_size - packet.read_bytes))
+            return Rows(op, table, None, None, end, body=packet.read(event.event_size - packet.read_bytes))
         self.decoded["library"] += 1
         images: list[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]] = []
         flags: list[tuple[int, int, int, str]] = []
@@ -395,7 +527,7 @@ class BinlogReader:
                 for name, source in row["none_sources"].items():
                     if source != NONE_SOURCE.NULL:
                         flags.append((n, 1 if op == "c" else 0, names.index(name), source))
-        return Rows(op, table, end, decoded=(images, flags))
+        return Rows(op, table, images, flags, end)
 
 
 def plain_row_iteration(*, host: str, port: int, user: str, password: str, server_id: int, log_file: str,

@@ -27,6 +27,10 @@ class Server:
     version: str
     mariadb: bool
     server_id: int
+    #: Every transaction has a GTID (always on MariaDB; MySQL with ``gtid_mode=ON``).
+    gtids: bool = True
+    #: Whether the user may take FLUSH TABLES WITH READ LOCK (RELOAD or ALL PRIVILEGES on *.*).
+    reload: bool = False
 
 
 def connect(host: str, port: int, user: str, password: str, timeout: int, where: str,
@@ -62,11 +66,12 @@ def _grants(cur: Any) -> tuple[set[str], set[str]]:
 
 
 def check_server(conn: pymysql.connections.Connection[Any], where: str, server_id: int,
-                 reload: bool | None = None) -> Server:
+                 reload: bool = False) -> Server:
     """Every setting the binlog source needs; raise `SourceSetupError` naming the first one missing.
 
-    `reload`: whether the job's snapshot takes ``FLUSH TABLES WITH READ LOCK`` (True), does
-    not (False), or does exactly on MySQL (None: ``snapshot_lock: none``).
+    `reload`: the job's snapshot must take ``FLUSH TABLES WITH READ LOCK`` (``snapshot_method:
+    flush``), so RELOAD is required. Otherwise `Server.reload` says whether it is granted
+    (``snapshot_method: auto`` on MySQL falls back to the watermark method without it).
     """
     with conn.cursor() as cur:
         cur.execute("SELECT VERSION(), @@server_id")
@@ -75,7 +80,7 @@ def check_server(conn: pymysql.connections.Connection[Any], where: str, server_i
         version, own_id = str(row[0]), int(row[1])
         mariadb = "mariadb" in version.lower()
         v = _variables(cur, ["log_bin", "binlog_format", "binlog_row_image", "binlog_row_metadata",
-                             "log_bin_compress", "binlog_transaction_compression"])
+                             "log_bin_compress", "binlog_transaction_compression", "gtid_mode"])
         if v.get("log_bin", "OFF").upper() not in ("ON", "1"):
             raise SourceSetupError(f"{where}: the binary log is off (log_bin=OFF); start the server with "
                                    "--log-bin (a restart is needed)")
@@ -113,14 +118,15 @@ def check_server(conn: pymysql.connections.Connection[Any], where: str, server_i
             missing = [p for p in needed if not alternatives[p] & global_privs]
             if "SELECT" not in global_privs | any_db and "ALL PRIVILEGES" not in any_db:
                 missing.append("SELECT")
-            if (reload or (reload is None and not mariadb)) and "RELOAD" not in global_privs:
+            if reload and "RELOAD" not in global_privs:
                 missing.append("RELOAD")  # FLUSH TABLES WITH READ LOCK for the snapshot
             if missing:
                 raise SourceSetupError(
                     f"{where}: the user lacks {', '.join(missing)}; run GRANT {', '.join(missing)} ON *.* TO "
                     "the job's user (SELECT may be limited to the captured databases)"
                 )
-    return Server(version, mariadb, own_id)
+    return Server(version, mariadb, own_id, gtids=mariadb or v.get("gtid_mode", "OFF").upper() == "ON",
+                  reload=bool({"RELOAD", "ALL PRIVILEGES"} & global_privs))
 
 
 def binary_logs(conn: pymysql.connections.Connection[Any]) -> list[str]:
@@ -132,6 +138,11 @@ def binary_logs(conn: pymysql.connections.Connection[Any]) -> list[str]:
 
 def current_position(conn: pymysql.connections.Connection[Any]) -> tuple[str, int]:
     """Where the server writes next: ``SHOW BINARY LOG STATUS`` (MySQL 8.2+) or ``SHOW MASTER STATUS``."""
+    return binlog_status(conn)[:2]
+
+
+def binlog_status(conn: pymysql.connections.Connection[Any]) -> tuple[str, int, str]:
+    """Where the server writes next, and MySQL's ``Executed_Gtid_Set`` there (MariaDB: "")."""
     with conn.cursor() as cur:
         try:
             cur.execute("SHOW BINARY LOG STATUS")
@@ -140,7 +151,16 @@ def current_position(conn: pymysql.connections.Connection[Any]) -> tuple[str, in
         row = cur.fetchone()
     if row is None:
         raise SourceSetupError("the server reports no binary log position; is log_bin on?")
-    return str(row[0]), int(row[1])
+    return str(row[0]), int(row[1]), str(row[4] or "") if len(row) > 4 else ""
+
+
+def gtid_state_at(conn: pymysql.connections.Connection[Any], file: str, offset: int) -> str | None:
+    """MariaDB: the GTID state (last GTID per domain) at binlog (`file`, `offset`), an event
+    boundary (``BINLOG_GTID_POS``); None if the server cannot tell."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, offset))
+        row = cur.fetchone()
+    return None if row is None or row[0] is None else str(row[0])
 
 
 def select_tables(conn: pymysql.connections.Connection[Any], include: Sequence[str], exclude: Sequence[str],

@@ -14,8 +14,10 @@ is below 2^32: max_binlog_size is at most 1 GiB). `Position.commit` is then:
 
 Resuming from a position: an even commit restarts the dump at the transaction's start
 (``v``) and the sinks skip what they hold of it (at or below their position); an odd one
-restarts at ``v``. The GTID of each transaction is read from the stream and logged, not
-kept in the position: resuming needs the same server's binlog files (see docs/mysql.md).
+restarts at ``v``. GTIDs are not part of the position: the source keeps the GTID state
+every sink holds beside it (``<job>.mysql-gtid.json``, connectors/mysql/gtid.py) and,
+with ``resume_by: gtid``, restarts the dump after that state; the events it then sends
+carry these same coordinates (see docs/mysql.md, *Positions*).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import pymysql.cursors
 
 from cdc.events import Column, RawRow, TableId, TableSchema
 from connectors.mysql import types as t
+from connectors.mysql.binlog import BinlogColumn
 from connectors.mysql.catalog import CatalogColumn, table_columns
 from connectors.mysql.types import MySqlColumnType, MySqlRowCodec
 
@@ -52,6 +53,17 @@ def sql_type(c: CatalogColumn) -> str:
     if c.data_type == "json" or c.json_checked:
         return "json"
     return c.data_type if c.data_type in ("uuid", "inet6", "inet4") else ""
+
+
+def binlog_type(c: BinlogColumn, known: CatalogColumn | None) -> MySqlColumnType:
+    """The column type as the stream sees it: the table map's column refined by the catalog's."""
+    refined = sql_type(known) if known is not None else ""
+    return MySqlColumnType(
+        type_code=c.type_code, sql_type=refined, unsigned=c.unsigned, precision=c.precision, scale=c.scale,
+        fsp=c.fsp, bits=c.bits, binary=c.binary and not refined,
+        length=known.max_length if known is not None and known.data_type == "binary" else 0,
+        set_values=c.set_values,
+    )
 
 
 def catalog_type(c: CatalogColumn) -> MySqlColumnType:
@@ -85,6 +97,8 @@ class SnapshotTable:
     codec: MySqlRowCodec
     normalise: list[tuple[int, Any]]
     rows: int = 0
+    #: The catalog's columns when the table was described (the watermark method checks them per chunk).
+    catalog: tuple[CatalogColumn, ...] = ()
 
 
 def describe_table(conn: pymysql.connections.Connection[Any], source: str, database: str,
@@ -94,7 +108,7 @@ def describe_table(conn: pymysql.connections.Connection[Any], source: str, datab
     columns = tuple(Column(c.name, ty.name, ty.type_code, -1, c.key) for c, ty in zip(cols, types, strict=True))
     schema = TableSchema(TableId(source, database, table), columns)
     normalise = [(i, f) for i, ty in enumerate(types) if (f := ty.normalise_snapshot()) is not None]
-    return SnapshotTable(schema, MySqlRowCodec(columns, types), normalise)
+    return SnapshotTable(schema, MySqlRowCodec(columns, types), normalise, catalog=tuple(cols))
 
 
 _INTEGER_TYPES = frozenset({t.TINY, t.SHORT, t.INT24, t.LONG, t.LONGLONG})
@@ -110,7 +124,21 @@ class Chunk:
     high: int | None = None
 
 
-def _begin(cur: Any) -> None:
+def choose_method(configured: str, *, mariadb: bool, reload: bool) -> tuple[str, str]:
+    """The snapshot method (``consistent``, ``flush`` or ``watermark``) and why (docs/mysql.md):
+    `configured` unless ``auto``; auto is MariaDB's consistent snapshot, else MySQL's
+    FLUSH TABLES WITH READ LOCK when RELOAD is granted, else the lock-free watermark method."""
+    if configured != "auto":
+        return configured, "configured"
+    if mariadb:
+        return "consistent", "mariadb has a lock-free consistent snapshot position"
+    if reload:
+        return "flush", "RELOAD granted"
+    return "watermark", "RELOAD not granted (no FLUSH TABLES WITH READ LOCK)"
+
+
+def begin_snapshot(cur: Any) -> None:
+    """Open a consistent read (InnoDB's read view is taken at once) under a UTC session."""
     cur.execute("SET SESSION time_zone = '+00:00'")
     cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
     cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
@@ -125,6 +153,8 @@ class SnapshotReader:
     connection while `workers` connections open their snapshots and the position is read,
     then ``UNLOCK TABLES``: every worker sees the same point, so tables are read in
     parallel by primary-key ranges. Blocking (run in threads, one per connection).
+    `gtids` is MySQL's ``Executed_Gtid_Set`` read under the lock ("" on MariaDB, whose
+    state at ``file``/``position`` the source asks with ``BINLOG_GTID_POS``).
     """
 
     def __init__(self, connect: Callable[[], pymysql.connections.Connection[Any]], *, mariadb: bool,
@@ -135,11 +165,12 @@ class SnapshotReader:
                 conn = connect()
                 self.connections.append(conn)
                 with conn.cursor() as cur:
-                    _begin(cur)
+                    begin_snapshot(cur)
                     cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
                     status = {str(k).lower(): str(v) for k, v in cur.fetchall()}
                 self.file = status["binlog_snapshot_file"]
                 self.position = int(status["binlog_snapshot_position"])
+                self.gtids = ""
                 return
             leader = connect()
             try:
@@ -150,7 +181,7 @@ class SnapshotReader:
                             conn = connect()
                             self.connections.append(conn)
                             with conn.cursor() as cur:
-                                _begin(cur)
+                                begin_snapshot(cur)
                         try:
                             lcur.execute("SHOW BINARY LOG STATUS")
                         except pymysql.err.ProgrammingError:
@@ -158,6 +189,7 @@ class SnapshotReader:
                         row = lcur.fetchone()
                         assert row is not None
                         self.file, self.position = str(row[0]), int(row[1])
+                        self.gtids = str(row[4] or "") if len(row) > 4 else ""  # MySQL's Executed_Gtid_Set
                     finally:
                         lcur.execute("UNLOCK TABLES")
             finally:
@@ -168,73 +200,11 @@ class SnapshotReader:
 
     def plan(self, table: SnapshotTable, chunk_rows: int) -> list[Chunk]:
         """Primary-key ranges of about `chunk_rows` rows (a single integer key), else the whole table."""
-        key = [c for c in table.schema.columns if c.key]
-        if len(key) != 1 or key[0].type_oid not in _INTEGER_TYPES:
-            return [Chunk(table, 1)]
-        column = quote_identifier(key[0].name)
-        name = f"{quote_identifier(table.schema.table.schema)}.{quote_identifier(table.schema.table.table)}"
-        with self.connections[0].cursor() as cur:
-            cur.execute(f"SELECT MIN({column}), MAX({column}) FROM {name}")  # noqa: S608 - quoted identifiers
-            row = cur.fetchone()
-            cur.execute(
-                "SELECT table_rows FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
-                (table.schema.table.schema, table.schema.table.table),
-            )
-            estimate = cur.fetchone()
-        if row is None or row[0] is None:
-            return [Chunk(table, 1)]
-        low, high = int(row[0]), int(row[1])
-        count = max(1, -(-int(estimate[0] if estimate and estimate[0] else 0) // chunk_rows))
-        step = max(1, -(-(high - low + 1) // count))
-        bounds = list(range(low, high + 1, step))
-        return [
-            Chunk(table, n, None if n == 1 else b, None if n == len(bounds) else bounds[n])
-            for n, b in enumerate(bounds, 1)
-        ]
+        return plan_chunks(self.connections[0], table, chunk_rows)
 
     def rows(self, chunk: Chunk, chunk_rows: int, worker: int = 0) -> Iterator[list[RawRow]]:
         """The chunk's rows in primary-key order, normalised, `chunk_rows` per list, on connection `worker`."""
-        table = chunk.table
-        schema = table.schema
-        # FLOAT is printed with 6 digits by the server: read its exact value as a double.
-        names = ", ".join(
-            f"CAST({quote_identifier(c.name)} AS DOUBLE)" if c.type_oid == t.FLOAT else quote_identifier(c.name)
-            for c in schema.columns
-        )
-        key = ", ".join(quote_identifier(n) for n in schema.key)
-        # Every identifier is quoted by quote_identifier; values are parameters.
-        table_name = f"{quote_identifier(schema.table.schema)}.{quote_identifier(schema.table.table)}"
-        query = f"SELECT {names} FROM {table_name}"  # noqa: S608
-        params: list[int] = []
-        bounds = []
-        if chunk.low is not None:
-            bounds.append(f"{key} >= %s")
-            params.append(chunk.low)
-        if chunk.high is not None:
-            bounds.append(f"{key} < %s")
-            params.append(chunk.high)
-        if bounds:
-            query += " WHERE " + " AND ".join(bounds)
-        if key:
-            query += f" ORDER BY {key}"
-        normalise = table.normalise
-        with self.connections[worker].cursor(pymysql.cursors.SSCursor) as cur:
-            cur.execute(query, params or None)
-            while True:
-                fetched = cur.fetchmany(chunk_rows)
-                if not fetched:
-                    return
-                out: list[RawRow] = []
-                for r in fetched:
-                    if normalise:
-                        values = list(r)
-                        for i, f in normalise:
-                            if values[i] is not None:
-                                values[i] = f(values[i])
-                        out.append(tuple(values))
-                    else:
-                        out.append(tuple(r))
-                yield out
+        return select_rows(self.connections[worker], chunk, chunk_rows)
 
     def close(self) -> None:
         for conn in self.connections:
@@ -244,3 +214,77 @@ class SnapshotReader:
             except pymysql.Error:
                 pass
         self.connections = []
+
+
+def plan_chunks(conn: pymysql.connections.Connection[Any], table: SnapshotTable, chunk_rows: int) -> list[Chunk]:
+    """Primary-key ranges ``[low, high)`` of about `chunk_rows` rows (a single integer key), else the whole
+    table. The first range is open below and the last open above: together they cover every key."""
+    key = [c for c in table.schema.columns if c.key]
+    if len(key) != 1 or key[0].type_oid not in _INTEGER_TYPES:
+        return [Chunk(table, 1)]
+    column = quote_identifier(key[0].name)
+    name = f"{quote_identifier(table.schema.table.schema)}.{quote_identifier(table.schema.table.table)}"
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT MIN({column}), MAX({column}) FROM {name}")  # noqa: S608 - quoted identifiers
+        row = cur.fetchone()
+        cur.execute(
+            "SELECT table_rows FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+            (table.schema.table.schema, table.schema.table.table),
+        )
+        estimate = cur.fetchone()
+    if row is None or row[0] is None:
+        return [Chunk(table, 1)]
+    low, high = int(row[0]), int(row[1])
+    count = max(1, -(-int(estimate[0] if estimate and estimate[0] else 0) // chunk_rows))
+    step = max(1, -(-(high - low + 1) // count))
+    bounds = list(range(low, high + 1, step))
+    return [
+        Chunk(table, n, None if n == 1 else b, None if n == len(bounds) else bounds[n])
+        for n, b in enumerate(bounds, 1)
+    ]
+
+
+def select_rows(conn: pymysql.connections.Connection[Any], chunk: Chunk, chunk_rows: int) -> Iterator[list[RawRow]]:
+    """The chunk's rows in primary-key order, normalised, `chunk_rows` per list, read on `conn` (within
+    whatever transaction it has open) through an unbuffered cursor."""
+    table = chunk.table
+    schema = table.schema
+    # FLOAT is printed with 6 digits by the server: read its exact value as a double.
+    names = ", ".join(
+        f"CAST({quote_identifier(c.name)} AS DOUBLE)" if c.type_oid == t.FLOAT else quote_identifier(c.name)
+        for c in schema.columns
+    )
+    key = ", ".join(quote_identifier(n) for n in schema.key)
+    # Every identifier is quoted by quote_identifier; values are parameters.
+    table_name = f"{quote_identifier(schema.table.schema)}.{quote_identifier(schema.table.table)}"
+    query = f"SELECT {names} FROM {table_name}"  # noqa: S608
+    params: list[int] = []
+    bounds = []
+    if chunk.low is not None:
+        bounds.append(f"{key} >= %s")
+        params.append(chunk.low)
+    if chunk.high is not None:
+        bounds.append(f"{key} < %s")
+        params.append(chunk.high)
+    if bounds:
+        query += " WHERE " + " AND ".join(bounds)
+    if key:
+        query += f" ORDER BY {key}"
+    normalise = table.normalise
+    with conn.cursor(pymysql.cursors.SSCursor) as cur:
+        cur.execute(query, params or None)
+        while True:
+            fetched = cur.fetchmany(chunk_rows)
+            if not fetched:
+                return
+            out: list[RawRow] = []
+            for r in fetched:
+                if normalise:
+                    values = list(r)
+                    for i, f in normalise:
+                        if values[i] is not None:
+                            values[i] = f(values[i])
+                    out.append(tuple(values))
+                else:
+                    out.append(tuple(r))
+            yield out

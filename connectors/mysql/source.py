@@ -3,7 +3,8 @@
 Start-up (`start`) checks the server (connectors/mysql/catalog.py), selects the tables,
 and decides where to read: from the sinks' position (connectors/mysql/positions.py),
 from a fresh consistent snapshot (connectors/mysql/snapshot.py), or from the server's
-current position. Streaming (`batches`) reads `BinlogRecord`s from the adapter
+current position, by the GTID state the sinks hold (``resume_by: gtid``) or by binlog
+file and position. Streaming (`batches`) reads `BinlogRecord`s from the adapter
 (connectors/mysql/binlog.py, the only module that imports python-mysql-replication) in a
 worker thread, through a bounded queue, and appends normalised rows into per-table
 buffers of the open batch. The checkpoint only moves at a commit (XID) or after a
@@ -56,6 +57,7 @@ from connectors.mysql.binlog import (
     EMPTY_SET,
     ZERO_DATE,
     BinlogConnectionLost,
+    BinlogGone,
     BinlogReader,
     BinlogRecord,
     Idle,
@@ -66,9 +68,11 @@ from connectors.mysql.binlog import (
     TxCommit,
     TxStart,
 )
+from connectors.mysql.gtid import GtidState
 from connectors.mysql.rows import ChangeDecoder, RowColumn, compile_change_decoder
-from connectors.mysql.snapshot import Chunk, SnapshotReader, SnapshotTable, describe_table, sql_type
-from connectors.mysql.types import MySqlColumnType, MySqlRowCodec, compile_normaliser
+from connectors.mysql.snapshot import Chunk, SnapshotReader, SnapshotTable, binlog_type, choose_method, describe_table
+from connectors.mysql.types import MySqlRowCodec, compile_normaliser
+from connectors.mysql.watermark import StreamFilter, WatermarkReader, load_marks, save_marks
 
 log = structlog.get_logger(__name__)
 
@@ -76,7 +80,7 @@ log = structlog.get_logger(__name__)
 _QUEUE_RECORDS = 2_000
 #: Rows decoded (on the event loop) between two chances for other tasks to run (about 30 ms).
 _ROWS_PER_PAUSE = 10_000
-#: Yielded batches whose GTID is remembered until acknowledged (older ones are dropped, never guessed).
+#: Yielded batches whose GTID state is remembered until acknowledged (older ones are dropped, never guessed).
 _GTID_PENDING = 10_000
 #: The GTID record is rewritten at most this often (and at close).
 _GTID_WRITE_S = 1.0
@@ -84,6 +88,10 @@ _GTID_WRITE_S = 1.0
 
 class BinlogPurgedError(SourceSetupError):
     """The binlog file the job must resume from is gone from the server."""
+
+
+class BinlogRewoundError(SourceSetupError):
+    """The job's position lies past the server's end of binlog (numbering restarted, another server)."""
 
 
 @dataclass(slots=True)
@@ -170,19 +178,29 @@ class MySqlSource:
         state = state_dir if state_dir is not None else Path(tempfile.gettempdir()) / "cdc-state"
         #: Where the job first started streaming (used until a sink holds a position).
         self._bookmark = state / f"{name}.mysql-start.json"
-        #: The GTID of the last transaction every sink holds (a record toward GTID resume, docs/mysql.md).
+        #: The GTID state every sink holds and its position: where ``resume_by: gtid`` restarts (docs/mysql.md).
         self._gtid_file = state / f"{name}.mysql-gtid.json"
-        #: (commit, GTID of the last transaction committed up to it) per yielded batch, until acknowledged.
+        #: The GTIDs of every transaction up to the stream's position (None: unknown, not recorded).
+        self._gtid_state: GtidState | None = None
+        #: The GTID state the dump starts after (None: by file and position, at `_start`).
+        self._dump_gtids: str | None = None
+        #: (commit, GTID state up to it) per yielded batch, until acknowledged.
         self._gtids: deque[tuple[int, str]] = deque(maxlen=_GTID_PENDING)
         self._gtid_acked: tuple[int, str] | None = None
         self._gtid_written_at = 0.0
+        self._server = catalog.Server("", True, 0)  # what `start` learns of the server
+        #: MySQL's ``Executed_Gtid_Set`` at the bookmark ("": none, or MariaDB).
+        self._bookmark_gtids = ""
         self._snapshot_mode = snapshot
         self._chunk_rows = snapshot_chunk_rows
         self._selected: set[tuple[str, str]] = set()
         self._tables: dict[tuple[str, str, tuple[tuple[str, int], ...]], _Table] = {}
         self._base = ""
         self._start: tuple[int, int] = (0, 0)  # (file index, offset) the dump starts at
-        self._snapshot: SnapshotReader | None = None
+        self._snapshot: SnapshotReader | WatermarkReader | None = None
+        #: The watermark snapshot's chunk marks (``<job>.mysql-watermark.json``) and the filter built from them.
+        self._marks_file = state / f"{name}.mysql-watermark.json"
+        self._watermark: StreamFilter | None = None
         self._snapshot_tables: list[tuple[str, str]] = []
         self._snapshot_truncates = False
         self._pump: _Pump | None = None
@@ -196,6 +214,7 @@ class MySqlSource:
     def _read_bookmark(self) -> tuple[int, int] | None:
         try:
             doc = json.loads(self._bookmark.read_bytes())
+            self._bookmark_gtids = str(doc.get("gtids") or "")
             return int(doc["index"]), int(doc["offset"])
         except FileNotFoundError:
             return None
@@ -203,11 +222,11 @@ class MySqlSource:
             raise SourceSetupError(f"{self.where}: unreadable {self._bookmark} ({err}); delete it to start "
                                    "from the current binlog position") from err
 
-    def _write_bookmark(self, start: tuple[int, int]) -> None:
+    def _write_bookmark(self, start: tuple[int, int], gtids: str) -> None:
         self._bookmark.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._bookmark.with_suffix(".tmp")
         with tmp.open("w", encoding="utf-8") as f:
-            json.dump({"index": start[0], "offset": start[1]}, f)
+            json.dump({"index": start[0], "offset": start[1], "gtids": gtids}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._bookmark)
@@ -227,9 +246,9 @@ class MySqlSource:
         self._ctl = conn
         try:
             snapshots = self._snapshot_mode in ("initial", "initial_only")
-            reload = None if cfg.snapshot_lock == "none" else True
             may_snapshot = snapshots or cfg.on_binlog_gone == "resnapshot"
-            server = catalog.check_server(conn, self.where, cfg.server_id, reload if may_snapshot else False)
+            server = self._server = catalog.check_server(conn, self.where, cfg.server_id,
+                                                         may_snapshot and cfg.snapshot_method == "flush")
             tables = catalog.select_tables(conn, self._tables_config.include, self._tables_config.exclude, self.where)
             if not tables:
                 raise MissingTableError(
@@ -246,7 +265,7 @@ class MySqlSource:
             if (resume_from is None and snapshots) or mid_snapshot:
                 # A job killed mid-snapshot (an initial one, or a re-snapshot after a purged binlog)
                 # takes a new snapshot whatever its `snapshot` mode.
-                self._begin_snapshot(server.mariadb, tables, truncates=resume_from is not None)
+                self._begin_snapshot(server, tables, truncates=resume_from is not None)
                 return
             if resume_from is None:
                 # The sinks hold nothing yet: start where the first run started (the source's
@@ -254,16 +273,16 @@ class MySqlSource:
                 # batch loses nothing written since.
                 bookmark = self._read_bookmark()
                 if bookmark is None:
-                    file, offset = catalog.current_position(conn)
+                    file, offset, self._bookmark_gtids = catalog.binlog_status(conn)
                     bookmark = (pos.file_index(file), offset)
-                    self._write_bookmark(bookmark)
+                    self._write_bookmark(bookmark, self._bookmark_gtids)
                 self._start = bookmark
                 if self._start[0] not in have:
                     if cfg.on_binlog_gone == "resnapshot":
                         self._log.warning("binlog_gone_resnapshotting", needed=pos.file_name(self._base, bookmark[0]),
                                           oldest=logs[0], offset=bookmark[1])
                         self._bookmark.unlink(missing_ok=True)
-                        self._begin_snapshot(server.mariadb, tables, truncates=False)
+                        self._begin_snapshot(server, tables, truncates=False)
                         return
                     raise BinlogPurgedError(
                         f"{self.where}: the job started at binlog {pos.file_name(self._base, self._start[0])}, "
@@ -273,11 +292,14 @@ class MySqlSource:
                     )
             else:
                 self._start = pos.resume_point(resume_from)
+                self._check_not_rewound(conn, max(have))
+                marks = load_marks(self._marks_file, resume_from.commit)
+                self._watermark = StreamFilter(marks) if marks else None  # a watermark snapshot's stream filter
                 if self._start[0] not in have:
                     if cfg.on_binlog_gone == "resnapshot":
                         self._log.warning("binlog_gone_resnapshotting", oldest=logs[0], offset=self._start[1],
                                           needed=pos.file_name(self._base, self._start[0]))
-                        self._begin_snapshot(server.mariadb, tables, truncates=True)
+                        self._begin_snapshot(server, tables, truncates=True)
                         return
                     raise BinlogPurgedError(
                         f"{self.where}: the sinks need binlog {pos.file_name(self._base, self._start[0])} at "
@@ -285,26 +307,146 @@ class MySqlSource:
                         "lost to this job: set on_binlog_gone: resnapshot to re-snapshot every table, or delete "
                         "the sinks' data and the job's state; keep binlogs longer (binlog_expire_logs_seconds)"
                     )
+            self._begin_stream(conn, server, resume_from, have, tables)
         except pymysql.Error as err:
             raise SourceConnectionError(f"{self.where}: {first_line(err)}") from err
 
-    def _begin_snapshot(self, mariadb: bool, tables: list[tuple[str, str]], *, truncates: bool) -> None:
-        """Open a consistent snapshot of `tables`; streaming then starts at its position.
+    def _check_not_rewound(self, conn: pymysql.connections.Connection[Any], newest: int) -> None:
+        """Refuse a resume point past the server's end of binlog: its numbering restarted (``RESET
+        MASTER``) or this is another server, and every change it sends, even a re-snapshot's,
+        would lie below what the sinks hold and be skipped as held."""
+        index, offset = self._start
+        if index < newest:
+            return
+        file, end, _ = catalog.binlog_status(conn)
+        if (index, offset) <= (pos.file_index(file), end):
+            return
+        raise BinlogRewoundError(
+            f"{self.where}: the sinks hold binlog {pos.file_name(self._base, index)} at {offset}, past the server's "
+            f"end of binlog ({file} at {end}): its numbering restarted (RESET MASTER?) or this is another server; "
+            "positions cannot go back: delete the sinks' data and the job's state to start over with a new snapshot"
+        )
+
+    def _begin_stream(self, conn: pymysql.connections.Connection[Any], server: catalog.Server,
+                      resume_from: Position | None, have: set[int], tables: list[tuple[str, str]]) -> None:
+        """Open the binlog dump for sinks holding `resume_from` (`_start` is its file and offset).
+
+        ``resume_by: gtid``: after the recorded GTID state when its commit is at or below
+        `resume_from` and its binlog file is still there (the sinks skip what they hold
+        again); otherwise by file and position, with the state at `_start` when the server
+        can tell it. A start the server refuses (error 1236: the GTID state or the file is
+        gone) is a purged binlog: fail, or re-snapshot with ``on_binlog_gone: resnapshot``.
+        """
+        cfg = self._config
+        record = self._read_gtid_record(server.mariadb) if resume_from is not None and server.gtids \
+            and cfg.resume_by == "gtid" else None
+        if record is not None and resume_from is not None:
+            commit, state = record
+            if commit > resume_from.commit or pos.resume_point(Position(commit))[0] not in have:
+                self._log.info("gtid_record_unused", gtids=str(state), position=pos.describe(commit),
+                               resume_from=pos.describe(resume_from.commit))
+            else:
+                self._gtid_state, self._dump_gtids = state, str(state)
+                self._start = pos.resume_point(Position(commit))
+        if self._dump_gtids is None:
+            self._gtid_state = self._gtid_state_at(conn, self._start, self._bookmark_gtids)
+        try:
+            self._open_stream()
+        except BinlogGone as err:
+            where = f"GTID state {self._dump_gtids}" if self._dump_gtids else \
+                f"position {pos.file_name(self._base, self._start[0])}:{self._start[1]}"
+            if cfg.on_binlog_gone == "resnapshot":
+                self._log.warning("binlog_gone_resnapshotting", needed=where, error=str(err))
+                self._bookmark.unlink(missing_ok=True)
+                self._begin_snapshot(server, tables, truncates=resume_from is not None)
+                return
+            raise BinlogPurgedError(
+                f"{self.where}: the server cannot send the binlog from the {where} "
+                f"({first_line(err)}); changes since are lost to this job: set on_binlog_gone: resnapshot "
+                "to re-snapshot every table, or delete the sinks' data and the job's state"
+            ) from err
+        except BinlogConnectionLost as err:
+            raise SourceConnectionError(f"{self.where}: cannot start the binlog dump: {first_line(err)}") from err
+
+    def _gtid_state_at(self, conn: pymysql.connections.Connection[Any], start: tuple[int, int],
+                       executed: str) -> GtidState | None:
+        """The GTID state at binlog `start` (MariaDB: ``BINLOG_GTID_POS``; MySQL: `executed`, the
+        ``Executed_Gtid_Set`` read with that position, if any); None if unknown."""
+        server = self._server
+        if not server.gtids:
+            return None
+        text = catalog.gtid_state_at(conn, pos.file_name(self._base, start[0]), start[1]) if server.mariadb \
+            else executed or None
+        if text is None:
+            return None
+        try:
+            return GtidState(server.mariadb, text)
+        except ValueError as err:
+            self._log.warning("gtid_state_unusable", gtids=text, error=str(err))
+            return None
+
+    def _read_gtid_record(self, mariadb: bool) -> tuple[int, GtidState] | None:
+        """The recorded (commit, GTID state) every sink held, if any (a record without a state,
+        as written before GTID resume, is ignored)."""
+        try:
+            doc = json.loads(self._gtid_file.read_bytes())
+            text, commit = doc.get("gtids"), int(doc["commit"])
+            if not text or doc.get("server") != ("mariadb" if mariadb else "mysql"):
+                return None
+            return commit, GtidState(mariadb, str(text))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            self._log.warning("gtid_record_unreadable", path=str(self._gtid_file), error=str(err))
+            return None
+
+    def _begin_snapshot(self, server: catalog.Server, tables: list[tuple[str, str]], *, truncates: bool) -> None:
+        """Open a consistent snapshot of `tables` (the method: `choose_method`); streaming then
+        starts at its position (the watermark method: its first low watermark).
 
         `truncates`: the sinks may hold rows of an older point (an interrupted snapshot, or a
         stream whose binlog was purged), so each table's snapshot starts with an ``op: "t"``
         event and rows deleted since do not survive in mirrors.
         """
         cfg = self._config
-        self._snapshot = SnapshotReader(self._connect, mariadb=mariadb, workers=self._workers,
-                                        lock=cfg.snapshot_lock == "flush" or not mariadb)
+        method, reason = choose_method(cfg.snapshot_method, mariadb=server.mariadb, reload=server.reload)
+        if method == "consistent" and not server.mariadb:
+            raise SourceSetupError(f"{self.where}: snapshot_method: consistent needs MariaDB (binlog_snapshot_file); "
+                                   "MySQL has no lock-free consistent position: use auto, flush or watermark")
+        self._log.info("snapshot_method", method=method, reason=reason)
+        self._marks_file.unlink(missing_ok=True)
+        self._watermark = None
+        if method == "watermark":
+            self._snapshot = WatermarkReader(self._connect, self._window_reader, workers=self._workers,
+                                             zero_dates=cfg.zero_dates)
+        else:
+            self._snapshot = SnapshotReader(self._connect, mariadb=server.mariadb, workers=self._workers,
+                                            lock=method == "flush")
         self._snapshot_tables = sorted(tables)
         self._snapshot_truncates = truncates
         self._start = (pos.file_index(self._snapshot.file), self._snapshot.position)
+        self._snapshot_gtids()
         self._log.info("snapshot_started", mode=self._snapshot_mode, tables=len(tables),
                        consistent_point=f"{self._snapshot.file}:{self._snapshot.position}")
 
+    def _snapshot_gtids(self) -> None:
+        """The GTID state at the snapshot's consistent point; the old record is void (a re-snapshot)."""
+        assert self._snapshot is not None and self._ctl is not None
+        self._gtid_file.unlink(missing_ok=True)
+        self._dump_gtids = None
+        self._gtid_state = self._gtid_state_at(self._ctl, self._start, self._snapshot.gtids)
+
+    def _window_reader(self, file: str, offset: int) -> BinlogReader:
+        """A binlog dump for one watermark window (the stream's settings, a short heartbeat)."""
+        cfg = self._config
+        return BinlogReader(
+            host=cfg.host, port=cfg.port, user=cfg.user, password=cfg.password.get_secret_value(),
+            server_id=cfg.server_id, log_file=file, log_pos=offset, schemas=sorted({d for d, _ in self._selected}),
+            heartbeat_s=0.2, read_timeout_s=cfg.read_timeout_s, connect_timeout_s=cfg.connect_timeout_s,
+        )
+
     def _open_stream(self) -> None:
+        """Open the dump at `_start`, or after `_dump_gtids` (`BinlogGone` if the server refuses)."""
         cfg = self._config
         index, offset = self._start
         databases = sorted({d for d, _ in self._selected})
@@ -312,11 +454,17 @@ class MySqlSource:
             host=cfg.host, port=cfg.port, user=cfg.user, password=cfg.password.get_secret_value(),
             server_id=cfg.server_id, log_file=pos.file_name(self._base, index), log_pos=offset,
             schemas=databases, heartbeat_s=cfg.heartbeat_interval_s, read_timeout_s=cfg.read_timeout_s,
-            connect_timeout_s=cfg.connect_timeout_s,
+            connect_timeout_s=cfg.connect_timeout_s, gtids=self._dump_gtids, mariadb=self._server.mariadb,
         )
+        try:
+            reader.open()
+        except BaseException:
+            reader.close()
+            raise
         self._pump = _Pump(reader)
         self._log.info("replication_started", binlog=pos.file_name(self._base, index), offset=offset,
-                       tables=len(self._selected))
+                       tables=len(self._selected), resume_by="gtid" if self._dump_gtids else "position",
+                       gtids=str(self._gtid_state) if self._gtid_state is not None else None)
 
     # -- snapshot ---------------------------------------------------------------------
 
@@ -433,6 +581,12 @@ class MySqlSource:
                     if b.events:
                         yield b.cut(tx.position(seq))
                     return
+            if isinstance(reader, WatermarkReader):
+                # Kept before the snapshot's last batch: a restart streaming from it filters the same changes.
+                await asyncio.to_thread(save_marks, self._marks_file, point, reader.marks)
+                self._watermark = StreamFilter(reader.marks)
+                self._log.info("snapshot_watermarks", chunks=len(reader.marks), window_changes=reader.window_changes,
+                               until=pos.describe(self._watermark.until))
             yield b.cut(tx.position())
         except pymysql.Error as err:
             raise SourceConnectionError(f"{self.where}: snapshot: {first_line(err)}") from err
@@ -456,7 +610,8 @@ class MySqlSource:
                 yield batch
             if self._snapshot_mode == "initial_only" or stop.is_set():
                 return
-        await asyncio.to_thread(self._open_stream)
+        if self._pump is None:  # after a snapshot (a resume opened it in `start`)
+            await asyncio.to_thread(self._open_stream)
         pump = self._pump
         assert pump is not None
         max_events, max_bytes, max_wait = policy.max_events, policy.max_bytes, policy.max_wait_s
@@ -466,14 +621,13 @@ class MySqlSource:
         tx: Transaction | None = None
         seq = 0
         gtid: str | None = None
-        committed_gtid: str | None = None  # of the last transaction or statement committed
         decoded = 0  # rows since the last pause
 
         def emit(position: Position) -> ChangeBatch:
             nonlocal last_yielded
             last_yielded = position
-            if committed_gtid is not None and position.whole:
-                self._gtids.append((position.commit, committed_gtid))
+            if self._gtid_state is not None and position.whole:
+                self._gtids.append((position.commit, str(self._gtid_state)))
             return b.cut(position)
 
         while not stop.is_set():
@@ -496,7 +650,9 @@ class MySqlSource:
                         continue
                     rel = await self._table(rec.table)
                     first = seq
-                    seq = self._append_rows(b, rel, rec, tx, seq, index)
+                    # A watermark snapshot's rows already hold some changes after the stream's start.
+                    for part in [rec] if self._watermark is None else self._watermark.admit(rec, tx.commit):
+                        seq = self._append_rows(b, rel, part, tx, seq, index)
                     if b.full(max_events, max_bytes):
                         yield emit(tx.position(seq))  # a chunk of a giant transaction
                     decoded += seq - first
@@ -513,7 +669,7 @@ class MySqlSource:
                 elif isinstance(rec, TxCommit):
                     if tx is not None:
                         tx.xid = rec.xid
-                        committed_gtid = gtid
+                        self._hold(gtid)
                         tx.commit_ts = datetime.fromtimestamp(rec.timestamp, UTC)
                         b.complete, tx = tx.position(), None
                         if b.full(max_events, max_bytes) or time.monotonic() - b.opened >= max_wait:
@@ -523,7 +679,7 @@ class MySqlSource:
                     self._tables.clear()
                     commit = tx.commit if tx is not None else pos.transaction_commit(index, rec.start)
                     tx = None
-                    committed_gtid = gtid
+                    self._hold(gtid)
                     b.complete = Position(commit)
                     self._log.info("binlog_statement", database=rec.database, gtid=gtid,
                                    position=pos.describe(commit), statement=rec.query.split(None, 3)[:3])
@@ -554,6 +710,18 @@ class MySqlSource:
             self._zero_dates_logged[where] = now
             self._log.warning("zero_date_as_null", table=where[0], column=rel.schema.columns[col].name,
                               count=self.zero_dates)
+
+    def _hold(self, gtid: str | None) -> None:
+        """Count the committed transaction `gtid` in the GTID state (a GTID it cannot read stops
+        the tracking: the job then resumes by position)."""
+        state = self._gtid_state
+        if gtid is None or state is None:
+            return
+        try:
+            state.add(gtid)
+        except ValueError as err:
+            self._gtid_state = None
+            self._log.warning("gtid_tracking_stopped", gtid=gtid, error=str(err))
 
     def _append_rows(self, b: OpenBatch, rel: _Table, rec: Rows, tx: Transaction, seq: int, index: int) -> int:
         if not b.events:
@@ -625,14 +793,7 @@ class MySqlSource:
         types = []
         columns = []
         for c in table.columns:
-            known = cat.get(c.name)
-            refined = sql_type(known) if known is not None else ""
-            ty = MySqlColumnType(
-                type_code=c.type_code, sql_type=refined, unsigned=c.unsigned, precision=c.precision, scale=c.scale,
-                fsp=c.fsp, bits=c.bits, binary=c.binary and not refined,
-                length=known.max_length if known is not None and known.data_type == "binary" else 0,
-                set_values=c.set_values,
-            )
+            ty = binlog_type(c, cat.get(c.name))
             types.append(ty)
             columns.append(Column(c.name, ty.name, c.type_code, -1, c.primary))
         schema = TableSchema(TableId(self.name, table.database, table.table), tuple(columns))
@@ -647,8 +808,8 @@ class MySqlSource:
         """Nothing to tell the server: a binlog has no slot. Retention is the server's
         (binlog_expire_logs_seconds); a purged position fails the next start clearly.
 
-        Records the GTID of the last transaction every sink holds (``<job>.mysql-gtid.json``,
-        at most once a second and at close): not used to resume yet (docs/mysql.md)."""
+        Records the GTID state every sink holds, with its position (``<job>.mysql-gtid.json``,
+        at most once a second and at close): where ``resume_by: gtid`` restarts (docs/mysql.md)."""
         pending = self._gtids
         while pending and pending[0][0] <= position.commit:
             self._gtid_acked = pending.popleft()
@@ -661,9 +822,10 @@ class MySqlSource:
             return
         self._gtid_written_at = time.monotonic()
         self._gtid_file.parent.mkdir(parents=True, exist_ok=True)
-        commit, gtid = acked
-        write_atomically(self._gtid_file, json.dumps({"gtid": gtid, "position": pos.describe(commit),
-                                                      "commit": commit}).encode())
+        commit, gtids = acked
+        write_atomically(self._gtid_file, json.dumps({
+            "gtids": gtids, "server": "mariadb" if self._server.mariadb else "mysql",
+            "position": pos.describe(commit), "commit": commit}).encode())
 
     async def close(self) -> None:
         with contextlib.suppress(OSError):

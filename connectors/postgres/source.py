@@ -57,7 +57,6 @@ from cdc.events import (
     RawRow,
     RowBlock,
     RowChange,
-    TableChanges,
     TableId,
     TableSchema,
     Transaction,
@@ -514,7 +513,7 @@ class PostgresSource:
                     # next block) open buffers after it.
                     count = item.block.num_rows
                     block = RowBlock(tx, seq + 1, point, item.block, t.codec.columns_to_arrow)
-                    b.tables.append(TableChanges(t.schema, t.codec, block=block))
+                    b.add_block(t.schema, t.codec, block)
                     rel.append = None
                     seq += count
                     b.nbytes += item.block.nbytes
