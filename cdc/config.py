@@ -345,7 +345,7 @@ class _WarehouseSinkConfig(_Strict):
 class DuckDBSinkConfig(_WarehouseSinkConfig):
     type: Literal["duckdb"]
     path: Path
-    memory_limit: str | None = Field(default=None, pattern=r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$")
+    memory_limit: str | None = Field(default="256MB", pattern=r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$")
     threads: int | None = Field(default=None, ge=1)
 
 
