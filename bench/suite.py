@@ -164,7 +164,9 @@ def main() -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         if args.profile:
             profiles.mkdir(parents=True, exist_ok=True)
-            spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy") or "py-spy"
+            spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+            if spy is None:
+                raise SystemExit("bench: --profile needs py-spy: .venv/bin/pip install py-spy")
             target = f"{profiles / scenario.name}-{{name}}.txt"
             env["CDC_BENCH_WRAP"] = f"{spy} record --gil -r 100 --format raw -o {target} --"
         result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False, env=env)
