@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -17,10 +18,11 @@ def run_until(config: Path, reached: Callable[[], bool], timeout_s: float) -> tu
     """Run ``cdc run CONFIG`` until `reached()`; return the seconds from ``replication_started``
     to then and the daemon's peak RSS in MB. The daemon is stopped in every case.
 
-    ``CDC_BENCH_WRAP`` wraps the daemon's command (see `wrap`).
+    With ``CDC_BENCH_PROFILE`` set, py-spy records the daemon meanwhile (see `profiler`).
     """
-    proc = subprocess.Popen([*wrap(config.parent.name), sys.executable, "-m", "cdc.cli", "run", str(config)],
+    proc = subprocess.Popen([sys.executable, "-m", "cdc.cli", "run", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    spy = profiler(proc.pid, config.parent.name)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr or []], daemon=True).start()
     started = None
@@ -39,14 +41,33 @@ def run_until(config: Path, reached: Callable[[], bool], timeout_s: float) -> tu
                 return time.perf_counter() - started, peak_rss_mb(proc.pid)
         raise SystemExit(f"cdc did not finish within {timeout_s:.0f} s")
     finally:
+        stop_profiler(spy)
         proc.terminate()
         proc.wait(30)
 
 
-def wrap(label: str) -> list[str]:
-    """The command prefix in ``CDC_BENCH_WRAP`` (e.g. ``py-spy record -o p-{name}.txt --``), with
-    ``{name}`` replaced by `label` so each daemon of a benchmark gets its own profile."""
-    return os.environ.get("CDC_BENCH_WRAP", "").replace("{name}", label).split()
+def profiler(pid: int, label: str) -> subprocess.Popen[bytes] | None:
+    """py-spy recording process `pid` (the interpreter-lock holder, 100 Hz, collapsed stacks)
+    into the file ``CDC_BENCH_PROFILE`` names, ``{name}`` replaced by `label`; None when unset.
+    ``CDC_BENCH_PYSPY`` is the py-spy command (default ``py-spy``)."""
+    target = os.environ.get("CDC_BENCH_PROFILE")
+    if not target:
+        return None
+    command = [os.environ.get("CDC_BENCH_PYSPY", "py-spy"), "record", "--gil", "-r", "100", "--format", "raw",
+               "-o", target.replace("{name}", label), "--pid", str(pid)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profiler(spy: subprocess.Popen[bytes] | None) -> None:
+    """Let py-spy write its profile (it does on SIGINT, or by itself when the process ends)."""
+    if spy is None:
+        return
+    if spy.poll() is None:
+        spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(60)
+    except subprocess.TimeoutExpired:
+        spy.kill()
 
 
 def json_position(path: Path, *keys: str) -> int | None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from bench.daemon import wrap
+from bench.daemon import profiler, stop_profiler
 from bench.pg_stream import LOAD, TABLE
 from cdc import __version__
 from cdc.sandbox import DisposablePostgres
@@ -108,9 +108,11 @@ def _cdc(work: Path, dsn: str, workers: int, sink: str) -> tuple[float, float, i
     t0 = time.perf_counter()
     log = work / "cdc.log"
     with log.open("wb") as err:
-        proc = subprocess.Popen([*wrap(f"{sink}-w{workers}"), sys.executable, "-m", "cdc.cli", "run", str(config)],
+        proc = subprocess.Popen([sys.executable, "-m", "cdc.cli", "run", str(config)],
                                 stdout=subprocess.DEVNULL, stderr=err)
+        spy = profiler(proc.pid, f"{sink}-w{workers}")
     _, status, usage = os.wait4(proc.pid, 0)
+    stop_profiler(spy)
     seconds = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:

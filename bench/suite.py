@@ -167,8 +167,8 @@ def main() -> None:
             spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
             if spy is None:
                 raise SystemExit("bench: --profile needs py-spy: .venv/bin/pip install py-spy")
-            target = f"{profiles / scenario.name}-{{name}}.txt"
-            env["CDC_BENCH_WRAP"] = f"{spy} record --gil -r 100 --format raw -o {target} --"
+            env["CDC_BENCH_PROFILE"] = f"{profiles / scenario.name}-{{name}}.txt"
+            env["CDC_BENCH_PYSPY"] = spy
         result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False, env=env)
         try:
             if result.returncode != 0:
@@ -187,8 +187,8 @@ def main() -> None:
         {"started": started.isoformat(), "quick": args.quick, "machine": machine, "scenarios": documents}, indent=2))
     text = markdown(started, machine, table, args.quick)
     if args.profile:
-        text += "\n## py-spy profiles (GIL holder, 100 Hz)\n\nRates above include py-spy's overhead and peak RSS " \
-                "figures are py-spy's own: quote a run without --profile.\n\n" + "\n".join(
+        text += "\n## py-spy profiles (GIL holder, 100 Hz)\n\nRates above include py-spy's overhead: quote a run " \
+                "without --profile.\n\n" + "\n".join(
             flame.summarise(p, 12) for p in sorted(profiles.glob("*.txt")))
     (out / f"{stem}.md").write_text(text)
     for suffix in ("json", "md"):
