@@ -64,19 +64,23 @@ def main() -> None:
         "benchmark": "pg_snapshot",
         "rows": args.rows,
         "columns": 10,
-        "limit": {"tool": "COPY bench TO STDOUT (FORMAT binary) > /dev/null", "seconds": round(limit_s, 3),
+        "limit": {"tool": "COPY bench TO STDOUT (FORMAT binary) > /dev/null (best of 3)", "seconds": round(limit_s, 3),
                   "rows_per_s": round(args.rows / limit_s)},
         "cdc": {"sinks": {k: SINKS[k][1] for k in args.sinks}, "runs": runs},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "cdc": __version__},
     }, indent=2))
 
 
-def _copy_binary(pg: DisposablePostgres, dsn: str) -> float:
+def _copy_binary(pg: DisposablePostgres, dsn: str, runs: int = 3) -> float:
+    """The fastest of `runs` copies: one run of about a second scatters with the machine's load."""
     psql = str(pg.bin_dir / "psql")
-    t0 = time.perf_counter()
-    with open(os.devnull, "wb") as null:
-        subprocess.run([psql, "-d", dsn, "-c", "COPY bench TO STDOUT (FORMAT binary)"], stdout=null, check=True)
-    return time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        with open(os.devnull, "wb") as null:
+            subprocess.run([psql, "-d", dsn, "-c", "COPY bench TO STDOUT (FORMAT binary)"], stdout=null, check=True)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 #: The sinks measured: name -> (sink config over the output folder, description).
