@@ -123,16 +123,21 @@ def stream_then_purge(db: MariaDatabase, tmp_path: Path, daemons: Daemons, **sou
     return files
 
 
-def test_purged_binlog_refused(db: MariaDatabase, tmp_path: Path, daemons: Daemons) -> None:
-    """The binlog the sinks need was purged while the job was down: one line, exit 2, checkpoint kept."""
-    files = stream_then_purge(db, tmp_path, daemons)
+def assert_refused(files: JobFiles, *needles: str) -> None:
+    """`cdc run` stops with exit 2 and one ``cdc: error:`` line holding every needle, no
+    traceback, and the sinks' position where it was."""
     held = sink_position(files.sink)
     result = run_cdc("run", files.config, timeout=60)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("cdc: error:")]
-    assert len(lines) == 1 and "purged" in lines[0] and "on_binlog_gone: resnapshot" in lines[0], result.stderr
+    assert len(lines) == 1 and all(n in lines[0] for n in needles), result.stderr
     assert "Traceback" not in result.stderr
     assert sink_position(files.sink) == held
+
+
+def test_purged_binlog_refused(db: MariaDatabase, tmp_path: Path, daemons: Daemons) -> None:
+    """The binlog the sinks need was purged while the job was down: one line, exit 2, checkpoint kept."""
+    assert_refused(stream_then_purge(db, tmp_path, daemons), "purged", "on_binlog_gone: resnapshot")
 
 
 def test_purged_binlog_resnapshots(db: MariaDatabase, tmp_path: Path, daemons: Daemons) -> None:
@@ -204,15 +209,8 @@ def stream_then_reset(db: MariaDatabase, tmp_path: Path, daemons: Daemons, rotat
 
 def test_gtid_state_gone_refused(db: MariaDatabase, tmp_path: Path, daemons: Daemons) -> None:
     """The server cannot send from the GTID state the sinks hold (RESET MASTER): one line, exit 2."""
-    files = stream_then_reset(db, tmp_path, daemons)
-    held = sink_position(files.sink)
-    result = run_cdc("run", files.config, timeout=60)
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("cdc: error:")]
-    assert len(lines) == 1 and "cannot send the binlog from the GTID state" in lines[0], result.stderr
-    assert "not in the master's binlog" in lines[0] and "on_binlog_gone: resnapshot" in lines[0], lines
-    assert "Traceback" not in result.stderr
-    assert sink_position(files.sink) == held
+    assert_refused(stream_then_reset(db, tmp_path, daemons), "cannot send the binlog from the GTID state",
+                   "not in the master's binlog", "on_binlog_gone: resnapshot")
 
 
 @pytest.mark.parametrize("resume_by", ["gtid", "position"])
@@ -220,14 +218,8 @@ def test_rewound_binlog_refused(db: MariaDatabase, tmp_path: Path, daemons: Daem
     """RESET MASTER without rotations: the sinks' position lies past the server's end of binlog,
     where even a re-snapshot would be skipped as held; one line, exit 2, whatever on_binlog_gone says."""
     files = stream_then_reset(db, tmp_path, daemons, rotate=False, on_binlog_gone="resnapshot", resume_by=resume_by)
-    held = sink_position(files.sink)
-    result = run_cdc("run", files.config, timeout=60)
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("cdc: error:")]
-    assert len(lines) == 1 and "past the server's end of binlog" in lines[0], result.stderr
-    assert "RESET MASTER?" in lines[0] and "delete the sinks' data and the job's state" in lines[0], lines
-    assert "Traceback" not in result.stderr
-    assert sink_position(files.sink) == held
+    assert_refused(files, "past the server's end of binlog", "RESET MASTER?",
+                   "delete the sinks' data and the job's state")
 
 
 def test_gtid_state_gone_resnapshots(db: MariaDatabase, tmp_path: Path, daemons: Daemons) -> None:
