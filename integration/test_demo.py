@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from cdc.sink import SourceInfo
 from connectors.postgres import types as pg
 from connectors.postgres.types import PgRowCodec
 from sinks.eventlog.file import FileSink
+from tests.builders import write_all
 
 TS = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 ITEMS = TableSchema(
@@ -42,15 +42,7 @@ ITEMS_INFO = demo.TableInfo(
 
 def write_events(path: Path, *batches: ChangeBatch) -> None:
     """Write batches with the real file sink (fsync off), so the reader sees the real format."""
-    async def go() -> None:
-        sink = FileSink("file", path, SourceInfo("postgresql", "shop", "shop"), fsync=False)
-        await sink.open()
-        try:
-            for batch in batches:
-                await sink.write(batch)
-        finally:
-            await sink.close()
-    asyncio.run(go())
+    write_all(FileSink("file", path, SourceInfo("postgresql", "shop", "shop"), fsync=False), *batches)
 
 
 def items_batch(commit: int, changes: list[RowChange]) -> ChangeBatch:

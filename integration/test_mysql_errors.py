@@ -147,18 +147,27 @@ def test_purged_binlog_resnapshots(db: MariaDatabase, tmp_path: Path, daemons: D
     are gone, and a change after the re-snapshot streams in.
     """
     files = stream_then_purge(db, tmp_path, daemons, on_binlog_gone="resnapshot")
+    assert_resnapshots(db, files, daemons, tmp_path, [(2,), (3,), (5,), (6,)])
+
+
+def assert_resnapshots(db: MariaDatabase, files: JobFiles, daemons: Daemons, tmp_path: Path,
+                       ids: list[tuple[int]]) -> dict[str, Any]:
+    """Restart the job: a `binlog_gone_resnapshotting` warning (returned), a truncate and the
+    table's rows as ``r``, then a change streamed after it; the rebuilt sink equals the source
+    (whose ids are `ids`) row by row."""
     daemon = daemons.new(files.config, tmp_path / "cdc2.log").start()
-    daemon.wait_for("binlog_gone_resnapshotting")
+    warning = daemon.wait_for("binlog_gone_resnapshotting")
     daemon.wait_for("replication_started", timeout=60)
     db.execute("INSERT INTO t VALUES (6, 6)")
     expected = mysql.source_rows(db, "t")
-    assert sorted(expected) == [(2,), (3,), (5,), (6,)]
+    assert sorted(expected) == ids
     table = f"{db.dbname}.t"
     wait_until(lambda: rebuild(files.sink).get(table) == expected, 30, "the sink to match the source")
     assert daemon.terminate(10.0) == 0
     ops = [e["op"] for e in envelopes(files.sink)]
     assert ops == ["c", "c", "c", "t", "r", "r", "r", "c"], ops
     assert "Traceback" not in daemon.stderr(all_runs=True)
+    return warning
 
 
 def test_binlog_off_refused(tmp_path: Path) -> None:
@@ -225,15 +234,5 @@ def test_rewound_binlog_refused(db: MariaDatabase, tmp_path: Path, daemons: Daem
 def test_gtid_state_gone_resnapshots(db: MariaDatabase, tmp_path: Path, daemons: Daemons) -> None:
     """``on_binlog_gone: resnapshot`` after a GTID state the server cannot send: a fresh snapshot, then streaming."""
     files = stream_then_reset(db, tmp_path, daemons, on_binlog_gone="resnapshot")
-    daemon = daemons.new(files.config, tmp_path / "cdc2.log").start()
-    assert "GTID state" in daemon.wait_for("binlog_gone_resnapshotting")["needed"]
-    daemon.wait_for("replication_started", timeout=60)
-    db.execute("INSERT INTO t VALUES (6, 6)")
-    expected = mysql.source_rows(db, "t")
-    assert sorted(expected) == [(2,), (3,), (4,), (6,)]
-    table = f"{db.dbname}.t"
-    wait_until(lambda: rebuild(files.sink).get(table) == expected, 30, "the sink to match the source")
-    assert daemon.terminate(10.0) == 0
-    ops = [e["op"] for e in envelopes(files.sink)]
-    assert ops == ["c", "c", "c", "t", "r", "r", "r", "c"], ops
-    assert "Traceback" not in daemon.stderr(all_runs=True)
+    warning = assert_resnapshots(db, files, daemons, tmp_path, [(2,), (3,), (4,), (6,)])
+    assert "GTID state" in warning["needed"]

@@ -8,7 +8,6 @@ pipeline writes every batch to both sinks before the next one).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -37,10 +36,9 @@ from integration.daemon import (
     slot_confirmed_flush,
     wait_until,
 )
-from sinks.warehouse.merge import WarehouseSink
 from sinks.warehouse.postgres import postgres_sink
 from sinks.warehouse.schema import POSTGRES
-from tests.builders import TS, table
+from tests.builders import TS, table, write_all
 
 CATCH_UP_S = 40.0
 HOSTILE = 'weird "name"; drop table x;--'
@@ -211,18 +209,6 @@ def test_hostile_names_toast_truncate_and_added_column(
         con.close()
 
 
-def run_sink(sink: WarehouseSink, *batches: ChangeBatch) -> None:
-    async def go() -> None:
-        await sink.open()
-        try:
-            for b in batches:
-                await sink.write(b)
-        finally:
-            await sink.close()
-
-    asyncio.run(go())
-
-
 def test_postgres_target_types_and_special_values(target: PgDatabase) -> None:
     """Every mapped type creates the documented PostgreSQL column type; special values arrive exactly."""
     tx = Transaction(1, 100, TS)
@@ -233,7 +219,7 @@ def test_postgres_target_types_and_special_values(target: PgDatabase) -> None:
         Column("n", "numeric", pgt.NUMERIC, ((12 << 16) | 2) + 4), Column("f", "float8", pgt.FLOAT8),
         Column("s", "int2", pgt.INT2), Column("r", "float4", pgt.FLOAT4), Column("ok", "bool", pgt.BOOL),
         Column("tags", "text[]", pgt.TEXT_ARRAY), Column("big", "int8", pgt.INT8)))
-    run_sink(postgres_sink("postgres", target.dsn, job="j"), ChangeBatch(Position(100), [table(schema, [
+    write_all(postgres_sink("postgres", target.dsn, job="j"), ChangeBatch(Position(100), [table(schema, [
         ("c", tx, 1, 0, None, (b"1", b"infinity", b"-infinity", b"infinity", b"24:00:00", b"{1,NULL}", b"\\x00ff",
                                b"-12.50", b"NaN", b"-32768", b"0.1", b"t", b'{a,"b c",NULL}', b"9223372036854775807")),
         ("c", tx, 2, 0, None, (b"2", b"-infinity", b"1900-02-03 04:05:06.000001", b"-infinity", b"00:00:00", b"{}",
@@ -271,8 +257,8 @@ def test_postgres_target_keeps_unchanged_values_and_widens(target: PgDatabase, u
     first = ChangeBatch(Position(100), [table(v1, [("c", Transaction(1, 100, TS), 1, 0, None, (b"1", b"1", b"kept"))])])
     second = ChangeBatch(Position(200), [table(v2, [
         ("u", Transaction(2, 200, TS), 1, 0, None, (b"1", b"9000000000", UNCHANGED))])])
-    run_sink(postgres_sink("postgres", target.dsn, job="j", soft_deletes=True, use_merge=use_merge), first, second)
-    run_sink(postgres_sink("postgres", target.dsn, job="j", soft_deletes=True, use_merge=use_merge),
+    write_all(postgres_sink("postgres", target.dsn, job="j", soft_deletes=True, use_merge=use_merge), first, second)
+    write_all(postgres_sink("postgres", target.dsn, job="j", soft_deletes=True, use_merge=use_merge),
              first, second)  # a replay
     assert target.query("SELECT id, n, body, _cdc_deleted FROM public.w") == [(1, 9000000000, "kept", False)]
     assert target.query("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
@@ -305,7 +291,7 @@ def test_a_refused_statement_reports_its_own_error_and_moves_nothing(target: PgD
     batch = ChangeBatch(Position(100), [table(schema, [("c", Transaction(1, 100, TS), 1, 0, None, (b"1", b"1"))])])
     with pytest.raises(SinkWriteError, match=r"postgres sink postgres: cannot apply the batch ending at 100 to "
                                              r"PostgreSQL database .*violates not-null constraint"):
-        run_sink(postgres_sink("postgres", target.dsn, job="j"), batch)
+        write_all(postgres_sink("postgres", target.dsn, job="j"), batch)
     assert target.query("SELECT count(*) FROM public.w") == [(0,)]
     assert target.query("SELECT count(*) FROM _cdc_checkpoints") == [(0,)]
 
@@ -322,7 +308,7 @@ def test_postgres_target_soft_deletes_and_truncate(target: PgDatabase, use_merge
                 for i, (op, k, v) in enumerate(changes)]
         return ChangeBatch(Position(commit), [table(schema, rows)])
 
-    run_sink(postgres_sink("postgres", target.dsn, job="j", soft_deletes=True, use_merge=use_merge),
+    write_all(postgres_sink("postgres", target.dsn, job="j", soft_deletes=True, use_merge=use_merge),
              batch(100, ("c", b"1", b"a"), ("c", b"2", b"b"), ("c", b"3", b"c")),
              batch(200, ("d", b"1", None)),
              batch(300, ("t", b"", None), ("c", b"3", b"again")))

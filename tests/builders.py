@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
-from cdc.events import Column, RowChange, TableChanges, TableId, TableSchema
+from cdc.events import ChangeBatch, Column, RowChange, TableChanges, TableId, TableSchema
+from cdc.sink import Sink
 from connectors.postgres import types as pg
 from connectors.postgres.types import PgRowCodec
 
@@ -20,3 +22,16 @@ USERS = TableSchema(TableId("shop", "public", "users"), (Column("name", "text", 
 def table(schema: TableSchema, changes: list[RowChange]) -> TableChanges:
     """TableChanges of `schema` with its PostgreSQL codec."""
     return TableChanges(schema, PgRowCodec(schema.columns), changes)
+
+
+def write_all(sink: Sink, *batches: ChangeBatch) -> None:
+    """Open `sink`, write `batches` in order, close it (also on failure)."""
+    async def go() -> None:
+        await sink.open()
+        try:
+            for b in batches:
+                await sink.write(b)
+        finally:
+            await sink.close()
+
+    asyncio.run(go())

@@ -15,9 +15,8 @@ from cdc.errors import ConfigError, SinkError
 from cdc.events import UNCHANGED, ChangeBatch, Column, Position, RowChange, TableId, TableSchema, Transaction
 from connectors.postgres import types as pg
 from sinks.warehouse.duckdb import duckdb_sink
-from sinks.warehouse.merge import WarehouseSink
 from sinks.warehouse.schema import DUCKDB, POSTGRES, Change, TargetNames, evolve
-from tests.builders import ORDERS, TS, table
+from tests.builders import ORDERS, TS, table, write_all
 
 ARROW_TYPES = [
     pa.bool_(), pa.int16(), pa.int32(), pa.int64(), pa.float32(), pa.float64(), pa.string(), pa.binary(),
@@ -37,18 +36,6 @@ def tx(n: int) -> Transaction:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-def write_all(sink: WarehouseSink, *batches: ChangeBatch) -> None:
-    async def go() -> None:
-        await sink.open()
-        try:
-            for b in batches:
-                await sink.write(b)
-        finally:
-            await sink.close()
-
-    run(go())
 
 
 def rows(path: Path, query: str) -> list[tuple[Any, ...]]:

@@ -329,6 +329,18 @@ def _column(col: Any) -> BinlogColumn:
     )
 
 
+@contextlib.contextmanager
+def _lost_on_error() -> Iterator[None]:
+    """Any other failure of the dump connection as `BinlogConnectionLost` (the source restarts
+    from its own position)."""
+    try:
+        yield
+    except pymysql.OperationalError as err:
+        raise BinlogConnectionLost(str(err.args[-1]) if err.args else str(err)) from err
+    except (OSError, struct.error) as err:
+        raise BinlogConnectionLost(str(err)) from err
+
+
 class BinlogReader:
     """A binlog dump from (`log_file`, `log_pos`) on, or after the GTID state `gtids`, as
     `BinlogRecord`s.
@@ -413,27 +425,19 @@ class BinlogReader:
         """Start the dump now and read its first event (the server's `Rotate` to the file it
         starts in): `BinlogGone` if the server refuses where it starts, `BinlogConnectionLost`
         if the connection fails. `records` yields that `Rotate` first."""
-        try:
+        with _lost_on_error():
             event = self._reader.fetchone()
-        except pymysql.OperationalError as err:
-            raise BinlogConnectionLost(str(err.args[-1]) if err.args else str(err)) from err
-        except (OSError, struct.error) as err:
-            raise BinlogConnectionLost(str(err)) from err
         if not isinstance(event, RotateEvent):
             raise BinlogConnectionLost(f"the binlog dump began with {type(event).__name__}, not a rotate event")
         self._opened = self._rotate(event)
 
     def records(self) -> Iterator[BinlogRecord]:
         """Records in binlog order, forever (until the connection is lost or closed)."""
-        try:
+        with _lost_on_error():
             if self._opened is not None:
                 opened, self._opened = self._opened, None
                 yield opened
             yield from self._records()
-        except pymysql.OperationalError as err:
-            raise BinlogConnectionLost(str(err.args[-1]) if err.args else str(err)) from err
-        except (OSError, struct.error) as err:
-            raise BinlogConnectionLost(str(err)) from err
 
     def _rotate(self, event: Any) -> Rotate:
         self._file = str(event.next_binlog)

@@ -23,7 +23,7 @@ import pymysql.cursors
 from cdc.events import Column, RawRow, TableId, TableSchema
 from connectors.mysql import types as t
 from connectors.mysql.binlog import BinlogColumn
-from connectors.mysql.catalog import CatalogColumn, table_columns
+from connectors.mysql.catalog import CatalogColumn, binlog_status, table_columns
 from connectors.mysql.types import MySqlColumnType, MySqlRowCodec
 
 _CATALOG_TYPES = {
@@ -182,14 +182,7 @@ class SnapshotReader:
                             self.connections.append(conn)
                             with conn.cursor() as cur:
                                 begin_snapshot(cur)
-                        try:
-                            lcur.execute("SHOW BINARY LOG STATUS")
-                        except pymysql.err.ProgrammingError:
-                            lcur.execute("SHOW MASTER STATUS")
-                        row = lcur.fetchone()
-                        assert row is not None
-                        self.file, self.position = str(row[0]), int(row[1])
-                        self.gtids = str(row[4] or "") if len(row) > 4 else ""  # MySQL's Executed_Gtid_Set
+                        self.file, self.position, self.gtids = binlog_status(leader)  # still under the lock
                     finally:
                         lcur.execute("UNLOCK TABLES")
             finally:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import queue
 import tempfile
 import threading
@@ -224,12 +223,7 @@ class MySqlSource:
 
     def _write_bookmark(self, start: tuple[int, int], gtids: str) -> None:
         self._bookmark.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._bookmark.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump({"index": start[0], "offset": start[1], "gtids": gtids}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._bookmark)
+        write_atomically(self._bookmark, json.dumps({"index": start[0], "offset": start[1], "gtids": gtids}).encode())
 
     def _connect(self) -> pymysql.connections.Connection[Any]:
         c = self._config
@@ -438,24 +432,23 @@ class MySqlSource:
 
     def _window_reader(self, file: str, offset: int) -> BinlogReader:
         """A binlog dump for one watermark window (the stream's settings, a short heartbeat)."""
+        return self._binlog_reader(file, offset, heartbeat_s=0.2)
+
+    def _binlog_reader(self, file: str, offset: int, *, heartbeat_s: float, gtids: str | None = None) -> BinlogReader:
+        """A binlog dump of the selected databases from (`file`, `offset`), or after `gtids`."""
         cfg = self._config
         return BinlogReader(
             host=cfg.host, port=cfg.port, user=cfg.user, password=cfg.password.get_secret_value(),
             server_id=cfg.server_id, log_file=file, log_pos=offset, schemas=sorted({d for d, _ in self._selected}),
-            heartbeat_s=0.2, read_timeout_s=cfg.read_timeout_s, connect_timeout_s=cfg.connect_timeout_s,
+            heartbeat_s=heartbeat_s, read_timeout_s=cfg.read_timeout_s, connect_timeout_s=cfg.connect_timeout_s,
+            gtids=gtids, mariadb=self._server.mariadb,
         )
 
     def _open_stream(self) -> None:
         """Open the dump at `_start`, or after `_dump_gtids` (`BinlogGone` if the server refuses)."""
-        cfg = self._config
         index, offset = self._start
-        databases = sorted({d for d, _ in self._selected})
-        reader = BinlogReader(
-            host=cfg.host, port=cfg.port, user=cfg.user, password=cfg.password.get_secret_value(),
-            server_id=cfg.server_id, log_file=pos.file_name(self._base, index), log_pos=offset,
-            schemas=databases, heartbeat_s=cfg.heartbeat_interval_s, read_timeout_s=cfg.read_timeout_s,
-            connect_timeout_s=cfg.connect_timeout_s, gtids=self._dump_gtids, mariadb=self._server.mariadb,
-        )
+        reader = self._binlog_reader(pos.file_name(self._base, index), offset,
+                                     heartbeat_s=self._config.heartbeat_interval_s, gtids=self._dump_gtids)
         try:
             reader.open()
         except BaseException:
