@@ -17,6 +17,9 @@ from cdc.errors import ConfigError
 from cdc.events import UNCHANGED, WHOLE_TRANSACTION, Column, Position
 from connectors.mysql import positions as pos
 from connectors.mysql import types as t
+from connectors.mysql.binlog import BinlogColumn
+from connectors.mysql.catalog import CatalogColumn
+from connectors.mysql.snapshot import binlog_type, catalog_type
 from connectors.mysql.types import MySqlColumnType, MySqlRowCodec, float32_shortest, time_text
 
 coords = st.tuples(st.integers(1, 999_999), st.integers(4, (1 << 32) - 1))
@@ -182,6 +185,24 @@ def test_wide_decimal_is_a_string_in_arrow() -> None:
     c = MySqlRowCodec([Column("d", ty.name)], [ty])
     value = Decimal("12345678901234567890123456789012345.123456789012345678901234567891")
     assert c.to_arrow([(value,)])[0].to_pylist() == [format(value, "f")]
+
+
+
+@pytest.mark.parametrize(("binlog", "text"), [
+    (b"\xc0\xa8\x01\x05", "192.168.1.5"), (b"\n", "10.0.0.0"), (b"", "0.0.0.0"), ("", "0.0.0.0"),
+    (b"\xff\xff\xff\xff", "255.255.255.255"),
+])
+def test_inet4_from_the_binlog_is_the_dotted_text(binlog: bytes | str, text: str) -> None:
+    """MariaDB's INET4 arrives as 4 bytes (trailing zero bytes dropped) and is the text a SELECT gives."""
+    catalog = CatalogColumn("a", "inet4", "inet4", 0, 0, 0, None, 0, False, False)
+    stream = binlog_type(BinlogColumn("a", t.STRING, binary=True), catalog)
+    snapshot = catalog_type(catalog)
+    assert (stream.name, stream.type_code, stream.arrow()) == (snapshot.name, snapshot.type_code, snapshot.arrow())
+    assert (stream.name, stream.arrow()) == ("inet4", pa.string())
+    normalise = stream.normalise_binlog()
+    assert normalise is not None and normalise(binlog) == text
+    row = (normalise(binlog),)
+    assert orjson.loads(MySqlRowCodec([Column("a", stream.name)], [stream]).to_json(row)) == {"a": text}
 
 
 _MYSQL_JOB = """\

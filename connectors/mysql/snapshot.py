@@ -31,7 +31,7 @@ _CATALOG_TYPES = {
     "decimal": t.NEWDECIMAL, "float": t.FLOAT, "double": t.DOUBLE, "date": t.DATE, "time": t.TIME2,
     "datetime": t.DATETIME2, "timestamp": t.TIMESTAMP2, "year": t.YEAR, "bit": t.BIT, "enum": t.ENUM,
     "set": t.SET, "json": t.JSON, "char": t.STRING, "varchar": t.VARCHAR, "binary": t.STRING,
-    "varbinary": t.VARCHAR, "uuid": t.STRING, "inet6": t.STRING, "inet4": t.LONG,
+    "varbinary": t.VARCHAR, "uuid": t.STRING, "inet6": t.STRING, "inet4": t.STRING,
     "tinytext": t.BLOB, "text": t.BLOB, "mediumtext": t.BLOB, "longtext": t.BLOB,
     "tinyblob": t.BLOB, "blob": t.BLOB, "mediumblob": t.BLOB, "longblob": t.BLOB,
     "geometry": t.GEOMETRY, "point": t.GEOMETRY, "linestring": t.GEOMETRY, "polygon": t.GEOMETRY,
@@ -49,7 +49,7 @@ def quote_identifier(name: str) -> str:
 
 
 def sql_type(c: CatalogColumn) -> str:
-    """The refinement the binlog cannot tell: json (MariaDB's checked LONGTEXT), uuid, inet6."""
+    """The refinement the binlog cannot tell: json (MariaDB's checked LONGTEXT), uuid, inet6, inet4."""
     if c.data_type == "json" or c.json_checked:
         return "json"
     return c.data_type if c.data_type in ("uuid", "inet6", "inet4") else ""

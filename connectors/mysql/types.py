@@ -4,7 +4,7 @@ A raw row of the MySQL source (`cdc.events.RawRow`) holds the *normalised* Pytho
 of every column: the binlog adapter and the snapshot reader each hand their values to
 `MySqlColumnType.normalise_binlog` / `normalise_snapshot`, which make them identical
 (the float32 shortest rendering, SETs as lists, BIT as int, zero dates as None, UTC
-timestamps, UUID/INET6 as text). The codec then maps those values to JSON and Arrow.
+timestamps, UUID/INET6/INET4 as text). The codec then maps those values to JSON and Arrow.
 docs/mysql.md has the table; this module is its only implementation.
 """
 
@@ -94,6 +94,11 @@ def _bytes(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
+def _inet4_text(value: bytes | str) -> str:
+    """MariaDB's INET4 (4 bytes in the binlog, big-endian) as the dotted text its ``SELECT`` prints."""
+    return str(ipaddress.IPv4Address(_bytes(value).ljust(4, b"\x00")))
+
+
 def _inet6_text(raw: bytes) -> str:
     addr = ipaddress.IPv6Address(raw.ljust(16, b"\x00"))
     mapped = addr.ipv4_mapped
@@ -168,6 +173,8 @@ class MySqlColumnType:
             return _uuid_text
         if st == "inet6":
             return lambda v: _inet6_text(_bytes(v))
+        if st == "inet4":
+            return _inet4_text
         if st == "json" and t == BLOB:
             return lambda v: v.decode() if isinstance(v, bytes) else v
         if t == FLOAT:

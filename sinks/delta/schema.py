@@ -10,9 +10,12 @@ anything else stops the job with a `SchemaChangeError` that says what to do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cdc.errors import SchemaChangeError
 
@@ -46,20 +49,90 @@ def delta_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema([pa.field(f.name, delta_type(f.type)) for f in schema])
 
 
-def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+#: The dates and timestamps a Delta table holds: the range of the Rust date types deltalake
+#: computes file statistics with (chrono), -262143-01-01 .. +262142-12-31 23:59:59.999999.
+#: Past it the writer panics (``NaiveDate + TimeDelta overflowed``) or fails on every retry,
+#: and deltalake's own query engine cannot print the value.
+DATE_MIN: Final = -96_465_292  # days since 1970-01-01: -262143-01-01
+DATE_MAX: Final = 95_026_236  # +262142-12-31
+_DAY_US: Final = 86_400_000_000
+TIMESTAMP_MIN: Final = DATE_MIN * _DAY_US  # -262143-01-01T00:00:00
+TIMESTAMP_MAX: Final = (DATE_MAX + 1) * _DAY_US - 1  # +262142-12-31T23:59:59.999999
+
+#: ``(column, count)``: `count` values of the column were outside Delta's range and were clamped.
+Clamped = Callable[[str, int], None]
+
+
+def conform(table: pa.Table, schema: pa.Schema, clamped: Clamped | None = None) -> pa.Table:
     """`table` cast column by column to `schema`'s types, with schema's missing columns as nulls.
 
     An explicit cast: deltalake would otherwise store, say, an int64 into a string column
-    as text without complaint.
+    as text without complaint. Two casts are cdc's own (docs/delta.md): a time of day
+    (``time64``, up to PostgreSQL's ``24:00:00``) and a MySQL TIME (``duration``, up to
+    ±838:59:59.999999) become the text ``[-]HH:MM:SS.ffffff``; and dates and timestamps
+    outside Delta's range (PostgreSQL's ``infinity`` and ``-infinity`` included) are clamped
+    to its last or first value (`DATE_MAX`, `TIMESTAMP_MIN`, ...), reported per column to
+    `clamped` with the number of values moved (inside lists too).
     """
     columns = []
     for f in schema:
         if f.name in table.column_names:
             col = table.column(f.name)
-            columns.append(col if col.type == f.type else col.cast(f.type))
+            fitted, moved = _fit(col.combine_chunks() if col.num_chunks != 1 else col.chunk(0), f.type)
+            if moved and clamped is not None:
+                clamped(f.name, moved)
+            columns.append(fitted)
         else:
             columns.append(pa.nulls(table.num_rows, f.type))
     return pa.Table.from_arrays(columns, schema=pa.schema([pa.field(f.name, f.type) for f in schema]))
+
+
+def _fit(values: pa.Array, target: pa.DataType) -> tuple[pa.Array, int]:
+    """`values` as `target` (see `conform`), and how many values were clamped."""
+    t = values.type
+    if pa.types.is_list(target) and (pa.types.is_list(t) or pa.types.is_large_list(t)):
+        inner, moved = _fit(values.values, target.value_type)
+        offsets = values.offsets.cast(pa.int32()) if pa.types.is_large_list(t) else values.offsets
+        mask = values.is_null() if values.null_count else None
+        return pa.ListArray.from_arrays(offsets, inner, type=target, mask=mask), moved
+    if pa.types.is_string(target) and (pa.types.is_time(t) or pa.types.is_duration(t)):
+        return _clock_text(values), 0
+    if t != target:
+        values = values.cast(target)
+    if pa.types.is_date32(target):
+        return _clamp(values, pa.int32(), DATE_MIN, DATE_MAX)
+    if pa.types.is_timestamp(target):
+        return _clamp(values, pa.int64(), TIMESTAMP_MIN, TIMESTAMP_MAX)
+    return values, 0
+
+
+def _clamp(values: pa.Array, storage: pa.DataType, low: int, high: int) -> tuple[pa.Array, int]:
+    raw = values.view(storage)
+    outside = pc.or_(pc.less(raw, low), pc.greater(raw, high))
+    moved = pc.sum(outside).as_py() or 0
+    if not moved:
+        return values, 0
+    lo, hi = pa.scalar(low, storage), pa.scalar(high, storage)
+    fixed = pc.if_else(pc.less(raw, lo), lo, pc.if_else(pc.greater(raw, hi), hi, raw))  # nulls stay null
+    return fixed.view(values.type), moved
+
+
+def _clock_text(values: pa.Array) -> pa.Array:
+    """Microseconds (a time of day or a duration) as ``[-]HH:MM:SS.ffffff``; hours past 23 as they are."""
+    us = values.view(pa.int64())
+    magnitude = pc.abs(us)
+
+    def part(divisor: int, modulus: int | None, width: int) -> pa.Array:
+        n = pc.divide(magnitude, divisor)
+        if modulus is not None:
+            n = pc.subtract(n, pc.multiply(pc.divide(n, modulus), modulus))
+        return pc.utf8_lpad(pc.cast(n, pa.string()), width=width, padding="0")
+
+    sign = pc.if_else(pc.less(us, 0), "-", "")
+    return pc.binary_join_element_wise(
+        sign, part(3_600_000_000, None, 2), ":", part(60_000_000, 60, 2), ":", part(1_000_000, 60, 2), ".",
+        part(1, 1_000_000, 6), "",
+    )
 
 
 def widens(stored: pa.DataType, incoming: pa.DataType) -> bool:

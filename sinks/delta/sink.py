@@ -46,7 +46,7 @@ from cdc.config import DeltaSinkConfig
 from cdc.errors import CdcError, SinkError, SinkWriteError, first_line
 from cdc.events import WHOLE_TRANSACTION, ChangeBatch, Position, TableChanges, Transaction
 from cdc.sink import SourceInfo
-from sinks.delta.schema import conform, delta_schema, plan_evolution
+from sinks.delta.schema import Clamped, conform, delta_schema, plan_evolution
 
 log = structlog.get_logger(__name__)
 
@@ -101,6 +101,8 @@ class _Table:
     #: its first block came and has taken only blocks of it since (their keys are disjoint).
     appending: Transaction | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Columns already warned about for values outside Delta's date range (docs/delta.md).
+    clamped: set[str] = field(default_factory=set)
 
     def transactions(self, position: Position) -> list[AppTransaction]:
         if position.commit > _MAX_VERSION:
@@ -252,6 +254,14 @@ class DeltaSink:
             self._log.info("delta_table_columns_added", table=t.name, columns=[f.name for f in plan.added])
         return plan.target
 
+    def _clamped(self, t: _Table) -> Clamped:
+        """Warn ``delta_value_clamped`` once per table and column (never the values themselves)."""
+        def warn(column: str, count: int) -> None:
+            if column not in t.clamped:
+                t.clamped.add(column)
+                self._log.warning("delta_value_clamped", table=t.name, column=column, values=count)
+        return warn
+
     def _rewrite(self, t: _Table, target: pa.Schema) -> None:
         """Rewrite the whole table with `target`'s (wider) types, batch by batch, in one commit."""
         assert t.delta is not None
@@ -270,8 +280,9 @@ class DeltaSink:
         target = self._evolve(t, incoming)
         assert t.delta is not None
         size = int(self._config.target_file_size) if self._config.target_file_size else None
-        write_deltalake(t.delta, conform(data, target), mode="append", storage_options=self._options or None,
-                        target_file_size=size, commit_properties=self._commit(t, reach))
+        write_deltalake(t.delta, conform(data, target, self._clamped(t)), mode="append",
+                        storage_options=self._options or None, target_file_size=size,
+                        commit_properties=self._commit(t, reach))
         t.delta.update_incremental()
 
     def _merge(self, t: _Table, tc: TableChanges, reach: Position) -> None:
@@ -293,7 +304,7 @@ class DeltaSink:
             target = self._evolve(t, incoming)
             assert t.delta is not None
             flags = [n for n in changes.column_names if n.startswith("_cdc_keep_")]
-            source = conform(changes.select(columns), pa.schema([target.field(n) for n in columns]))
+            source = conform(changes.select(columns), pa.schema([target.field(n) for n in columns]), self._clamped(t))
             for n in flags:
                 source = source.append_column(n, changes.column(n))
             source = source.append_column(OP, changes.column(OP))
@@ -340,8 +351,9 @@ class DeltaSink:
         target = self._evolve(t, delta_schema(data.schema))
         assert t.delta is not None
         size = int(self._config.target_file_size) if self._config.target_file_size else None
-        write_deltalake(t.delta, conform(data, target), mode="append", storage_options=self._options or None,
-                        target_file_size=size, commit_properties=self._commit(t, reach))
+        write_deltalake(t.delta, conform(data, target, self._clamped(t)), mode="append",
+                        storage_options=self._options or None, target_file_size=size,
+                        commit_properties=self._commit(t, reach))
         t.delta.update_incremental()
 
     # -- maintenance ----------------------------------------------------------------------

@@ -152,7 +152,9 @@ def _staged_type(arrow: pa.DataType, x: sql.Composable) -> tuple[pa.DataType, sq
         return pa.int32(), _FROM_DAYS.format(x=x)
     if pa.types.is_time64(arrow):
         return pa.int64(), _FROM_TIME.format(x=x)
-    return arrow, x
+    if pa.types.is_duration(arrow):  # MySQL's TIME (up to 838 hours) as microseconds, exact
+        return pa.int64(), sql.SQL("{x} * interval '1 microsecond'").format(x=x)
+    return POSTGRES.stored(arrow), x  # 1-byte and unsigned integers as the wider type holding them
 
 
 def _oid(arrow: pa.DataType) -> int:
