@@ -1,8 +1,10 @@
 """PostgreSQL fidelity: TOAST, replica identity, truncate, messages, schema changes,
-partitions, a 2M-row transaction, idle slots and server restarts.
+partitions, a 2M-row transaction, idle slots and server restarts, and the special dates
+and times each sink stores (docs/types.md, "Special dates and times").
 
 Each test runs the real daemon into the file sink and compares what the sink rebuilds
-with the source table after the run (integration/daemon.py).
+with the source table after the run (integration/daemon.py); the special values are read
+back from a Delta mirror, a DuckDB file and a PostgreSQL target with their own engines.
 """
 
 from __future__ import annotations
@@ -10,13 +12,19 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import psycopg
+import pyarrow as pa
 import pytest
+from deltalake import DeltaTable, QueryBuilder
+from deltalake.exceptions import TableNotFoundError
 
-from integration.conftest import PgDatabase
+from cdc.sandbox import DisposablePostgres
+from integration.conftest import PgDatabase, database_name
 from integration.daemon import (
     Daemon,
     Daemons,
@@ -304,3 +312,106 @@ def test_lag_is_measured_and_heartbeat_messages_stay_out_of_sinks(
     wait_caught_up(pg, files)
     assert [e["op"] for e in envelopes(files.sink)] == ["c"]
     assert daemon.terminate() == 0
+
+
+@pytest.fixture
+def target(pg_server: DisposablePostgres, request: pytest.FixtureRequest) -> Iterator[PgDatabase]:
+    """A fresh database on the session's PostgreSQL server: the warehouse target."""
+    dbname = database_name(f"wh_{request.node.name}")
+    pg_server.create_database(dbname)
+    try:
+        yield PgDatabase(server=pg_server, dbname=dbname, dsn=pg_server.dsn(dbname))
+    finally:
+        pg_server.drop_database(dbname)
+
+
+#: Rows of the special-values table: (id, date, timestamp, timestamptz, time), as SQL literals.
+SPECIAL_ROWS = (
+    "(1, 'infinity', 'infinity', 'infinity', '24:00:00')",
+    "(2, '-infinity', '-infinity', '-infinity', '00:00:00')",
+    "(3, '5874897-12-31', '294276-12-31 23:59:59.999999', '294276-12-31 23:59:59.999999+00', '23:59:59.999999')",
+    "(4, '4713-01-01 BC', '4713-01-01 00:00:00 BC', '4713-01-01 00:00:00+00 BC', '12:00:00.5')",
+    "(5, '262142-12-31', '262142-12-31 23:59:59.999999', '262143-01-01 00:00:00+00', '00:00:00.000001')",
+    "(6, '2026-01-02', '2026-01-02 03:04:05.123456', '2026-01-02 03:04:05.5+00', NULL)",
+)
+#: What deltalake's own engine prints for them: out-of-range dates and timestamps clamped to
+#: Delta's range, timestamps past 294247 (not in Arrow's int64 microseconds) NULL, times as text.
+DELTA_TEXT = [
+    (1, "+262142-12-31", "+262142-12-31T23:59:59.999999", "+262142-12-31T23:59:59.999999Z", "24:00:00.000000"),
+    (2, "-262143-01-01", "-262143-01-01T00:00:00", "-262143-01-01T00:00:00Z", "00:00:00.000000"),
+    (3, "+262142-12-31", None, None, "23:59:59.999999"),
+    (4, "-4712-01-01", "-4712-01-01T00:00:00", "-4712-01-01T00:00:00Z", "12:00:00.500000"),
+    (5, "+262142-12-31", "+262142-12-31T23:59:59.999999", "+262142-12-31T23:59:59.999999Z", "00:00:00.000001"),
+    (6, "2026-01-02", "2026-01-02T03:04:05.123456", "2026-01-02T03:04:05.500Z", None),
+]
+
+
+def test_special_dates_and_times_in_delta_duckdb_and_a_postgres_target(
+    pg: PgDatabase, target: PgDatabase, tmp_path: Path, daemons: Daemons
+) -> None:
+    """infinity, BC, far years and 24:00:00, snapshot and streamed: Delta clamps what it cannot hold (one
+    warning per column), DuckDB and the PostgreSQL target store PostgreSQL's own values."""
+    pg.execute("CREATE TABLE special (id int PRIMARY KEY, d date, ts timestamp, tz timestamptz, t time)")
+    pg.execute("INSERT INTO special VALUES " + ", ".join(SPECIAL_ROWS[:3]))  # noqa: S608 - test constants
+    files = JobFiles(tmp_path / "job")
+    duck = tmp_path / "special.duckdb"
+    doc = job_config(files, dsn=pg.dsn, slot=pg.name("slot"), publication=pg.name("pub"), include=["public.special"])
+    doc["jobs"][0]["snapshot"] = "initial"
+    doc["jobs"][0]["sinks"] = [
+        {"type": "delta", "path": str(tmp_path / "lake"), "mode": "mirror"},
+        {"type": "duckdb", "path": str(duck)},
+        {"type": "postgres", "dsn": target.dsn},
+    ]
+    write_config(files, doc)
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    daemon.wait_for("replication_started", timeout=60)
+    pg.execute("INSERT INTO special VALUES " + ", ".join(SPECIAL_ROWS[3:]))  # noqa: S608 - test constants
+    n = len(SPECIAL_ROWS)
+    lake = str(tmp_path / "lake" / "public" / "special")
+
+    def delta_text() -> list[tuple[Any, ...]]:
+        try:
+            table = DeltaTable(lake)
+        except TableNotFoundError:
+            return []
+        found = QueryBuilder().register("s", table).execute(
+            "SELECT id, CAST(d AS VARCHAR), CAST(ts AS VARCHAR), CAST(tz AS VARCHAR), t FROM s ORDER BY id").read_all()
+        return [tuple(r.values()) for r in pa.table(found).to_pylist()]
+
+    def target_count() -> int:
+        try:
+            return int(target.query("SELECT count(*) FROM public.special")[0][0])
+        except psycopg.errors.UndefinedTable:
+            return 0
+
+    try:
+        wait_until(lambda: len(delta_text()) == n and target_count() == n, 30, "every sink to hold the rows")
+    except AssertionError:
+        raise AssertionError(daemon.tail()) from None
+    assert daemon.terminate(10.0) == 0, daemon.tail()
+
+    assert delta_text() == DELTA_TEXT
+    clamped = [(e["table"], e["column"]) for e in daemon.events() if e.get("event") == "delta_value_clamped"]
+    assert sorted(clamped) == [("public.special", "d"), ("public.special", "ts"), ("public.special", "tz")]
+    assert all("values" in e for e in daemon.events() if e.get("event") == "delta_value_clamped")
+
+    texts = "SELECT id, d::text, ts::text, tz::text, t::text FROM public.special ORDER BY id"
+    source = pg.query(texts)
+    # Timestamps after 294247-01-10 are NULL in every sink loading Arrow (docs/types.md).
+    expected = [r if r[0] != 3 else (*r[:2], None, None, r[4]) for r in source]
+    assert target.query(texts) == expected
+    con = duckdb.connect(str(duck), read_only=True)
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        found = con.execute("SELECT id, CAST(d AS VARCHAR), CAST(ts AS VARCHAR), CAST(tz AS VARCHAR), "
+                            "CAST(t AS VARCHAR) FROM public.special ORDER BY id").fetchall()
+    finally:
+        con.close()
+    assert found == [
+        (1, "infinity", "infinity", "infinity", "24:00:00"),
+        (2, "-infinity", "-infinity", "-infinity", "00:00:00"),
+        (3, "5874897-12-31", None, None, "23:59:59.999999"),
+        (4, "4713-01-01 (BC)", "4713-01-01 (BC) 00:00:00", "4713-01-01 (BC) 00:00:00+00", "12:00:00.5"),
+        (5, "262142-12-31", "262142-12-31 23:59:59.999999", "262143-01-01 00:00:00+00", "00:00:00.000001"),
+        (6, "2026-01-02", "2026-01-02 03:04:05.123456", "2026-01-02 03:04:05.5+00", None),
+    ]

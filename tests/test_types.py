@@ -1,4 +1,5 @@
-"""Tests of the PostgreSQL type mapping (docs/types.md): text values to event JSON, Python and Arrow values."""
+"""Tests of the PostgreSQL type mapping (docs/types.md): text values to event JSON, Python and Arrow values,
+and how the Delta and warehouse sinks store the values their engines cannot hold as Arrow gives them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from hypothesis import strategies as st
 from cdc.events import UNCHANGED, Column, RawRow
 from connectors.postgres import types as pg
 from connectors.postgres.types import PgRowCodec, PgTypeCatalog
+from sinks.delta.schema import DATE_MAX, DATE_MIN, TIMESTAMP_MAX, TIMESTAMP_MIN, conform
+from sinks.warehouse.schema import DUCKDB, POSTGRES, Change, evolve
 
 
 def codec(type_oid: int, *, name: str = "v") -> PgRowCodec:
@@ -581,3 +584,66 @@ def test_columns_to_arrow_equals_to_arrow_for_every_type() -> None:
         got = c.columns_to_arrow([pa.array([raw, None, raw], pa.binary())])
         assert [a.type for a in got] == [a.type for a in expected]
         assert [str(a) for a in got] == [str(a) for a in expected], (oid, raw)  # str: NaN equals itself
+
+
+def _delta(values: pa.Array, stored: pa.DataType) -> tuple[pa.Array, list[tuple[str, int]]]:
+    clamped: list[tuple[str, int]] = []
+    out = conform(pa.table({"c": values}), pa.schema([pa.field("c", stored)]), lambda c, n: clamped.append((c, n)))
+    return out.column("c").chunk(0), clamped
+
+
+def test_delta_clamps_dates_and_timestamps_outside_its_range() -> None:
+    """Infinity and dates/timestamps past deltalake's range are its last/first value, counted; NULL stays NULL."""
+    days, clamped = _delta(pa.array([2**31 - 1, -(2**31), DATE_MAX + 1, DATE_MIN, 0, None], pa.date32()), pa.date32())
+    assert days.view(pa.int32()).to_pylist() == [DATE_MAX, DATE_MIN, DATE_MAX, DATE_MIN, 0, None]
+    assert clamped == [("c", 3)]
+    for tz in (None, "UTC"):
+        ts = pa.timestamp("us", tz=tz)
+        micros, clamped = _delta(pa.array([2**63 - 1, -(2**63), TIMESTAMP_MAX, 5, None], ts), ts)
+        assert micros.view(pa.int64()).to_pylist() == [TIMESTAMP_MAX, TIMESTAMP_MIN, TIMESTAMP_MAX, 5, None]
+        assert clamped == [("c", 2)]
+    inner, clamped = _delta(pa.array([[2**31 - 1, None, 1], None, []], pa.list_(pa.date32())), pa.list_(pa.date32()))
+    assert inner.values.view(pa.int32()).to_pylist() == [DATE_MAX, None, 1] and inner.null_count == 1
+    assert clamped == [("c", 1)]
+    assert _delta(pa.array([0, None], pa.date32()), pa.date32())[1] == []
+
+
+def test_delta_times_are_text_up_to_24_and_838_hours() -> None:
+    """time (24:00:00 included) and MySQL's TIME (±838:59:59.999999) are [-]HH:MM:SS.ffffff text in Delta."""
+    times, clamped = _delta(pa.array([0, 86_400_000_000, 45_296_789_000, None], pa.time64("us")), pa.string())
+    assert times.to_pylist() == ["00:00:00.000000", "24:00:00.000000", "12:34:56.789000", None] and clamped == []
+    durations, _ = _delta(pa.array([-3_020_399_000_000, 3_020_399_999_999, -500_000, 1], pa.duration("us")),
+                          pa.string())
+    assert durations.to_pylist() == ["-838:59:59.000000", "838:59:59.999999", "-00:00:00.500000", "00:00:00.000001"]
+    in_lists, _ = _delta(pa.array([[86_400_000_000, None], None], pa.list_(pa.time64("us"))), pa.list_(pa.string()))
+    assert in_lists.to_pylist() == [["24:00:00.000000", None], None]
+
+
+@pytest.mark.parametrize(("arrow", "duck", "postgres"), [
+    (pa.int8(), "TINYINT", "smallint"), (pa.uint8(), "UTINYINT", "smallint"), (pa.uint16(), "USMALLINT", "integer"),
+    (pa.uint32(), "UINTEGER", "bigint"), (pa.uint64(), "UBIGINT", "numeric(20,0)"),
+    (pa.duration("us"), "INTERVAL", "interval"),
+])
+def test_warehouse_types_of_mysql_integers_and_time(arrow: pa.DataType, duck: str, postgres: str) -> None:
+    """MySQL's TINYINT, UNSIGNED integers (BIT too) and TIME have a column type in both engines that holds
+    every value, and the type read back from the catalog needs no change."""
+    assert (DUCKDB.type_name(arrow), POSTGRES.type_name(arrow)) == (duck, postgres)
+    for dialect in (DUCKDB, POSTGRES):
+        assert evolve(dialect.arrow_type(dialect.type_name(arrow)), arrow)[0] is Change.NONE
+
+
+@pytest.mark.parametrize(("stored", "new", "change", "result"), [
+    (pa.int16(), pa.uint16(), Change.WIDEN, pa.int32()),
+    (pa.uint32(), pa.int32(), Change.WIDEN, pa.int64()),
+    (pa.int64(), pa.uint64(), Change.WIDEN, pa.decimal128(20, 0)),
+    (pa.uint8(), pa.uint16(), Change.WIDEN, pa.uint16()),
+    (pa.int32(), pa.uint16(), Change.NONE, pa.int32()),
+    (pa.decimal128(20, 0), pa.uint64(), Change.NONE, pa.decimal128(20, 0)),
+    (pa.decimal128(12, 2), pa.uint64(), Change.WIDEN, pa.decimal128(22, 2)),
+    (pa.int32(), pa.decimal128(12, 2), Change.WIDEN, pa.decimal128(12, 2)),
+    (pa.duration("us"), pa.int64(), Change.INCOMPATIBLE, pa.int64()),
+])
+def test_evolve_compares_integer_ranges(stored: pa.DataType, new: pa.DataType, change: Change,
+                                        result: pa.DataType) -> None:
+    """A target column widens to the narrowest type holding the old and the new source type's values."""
+    assert evolve(stored, new) == (change, result)
