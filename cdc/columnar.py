@@ -60,6 +60,12 @@ def keep_column(index: int) -> str:
     return f"_cdc_keep_{index}"
 
 
+def origin_column(index: int) -> str:
+    """The name of the column holding, for key column `index`, the key whose stored row the kept values
+    of a moved row come from (null: the row's own key). See `MirrorStep`."""
+    return f"_cdc_from_{index}"
+
+
 def position_text(commit: int, seq: int) -> str:
     """`Position(commit, seq)` as the sortable text of `_cdc_position` (``commit:seq``, zero padded)."""
     return f"{commit:0{_DIGITS}d}:{seq:0{_DIGITS}d}"
@@ -109,6 +115,15 @@ class MirrorStep:
     `_cdc_position`, `_cdc_commit_ts`, `_cdc_tx_id`, then one bool column `keep_column(i)` per
     data column `i` that holds an unchanged (e.g. TOASTed) value in some row: True means
     keep the target's stored value there. None when only a truncate is left to apply.
+
+    Where a kept value lives: in the target's row under the row's own key, unless the row
+    was moved to its key by an update of the key (pgoutput sends an unchanged TOASTed value
+    as unchanged also then, PITFALLS.md): then the value is in the target's row under the
+    key the row had before the run, and `changes` also has one column `origin_column(i)`
+    per key column `i` holding that key (null for rows that keep from their own key).
+    Sinks read kept values as the target holds them before the step, so the old key's
+    delete in the same step must not be applied first. The origin columns exist only when
+    some row needs them.
     """
 
     truncate: bool
@@ -143,6 +158,9 @@ def mirror_steps(tc: TableChanges) -> list[MirrorStep]:
     seqs: list[int] = []
     images: list[RawRow | None] = []
     partial: set[int] = set()  # indexes whose image still holds an unchanged value
+    #: index -> an image whose key is where the target stores that row's unchanged values,
+    #: for the partial rows that moved to another key in this run
+    origins: dict[int, RawRow] = {}
     for op, tx, seq, _, before, after in tc.changes:
         if op == "m":
             continue
@@ -150,6 +168,7 @@ def mirror_steps(tc: TableChanges) -> list[MirrorStep]:
             truncate = True
             last.clear()
             partial.clear()
+            origins.clear()
             ops, txs, seqs, images = [], [], [], []
             continue
         if after is None:  # delete
@@ -162,22 +181,28 @@ def mirror_steps(tc: TableChanges) -> list[MirrorStep]:
             images.append(before)
             continue
         k = key_of(after)
+        prior = last.get(k)  # the row's earlier change in this run, if any
+        origin: RawRow | None = None  # where the target stores its unchanged values, when not under k
         if before is not None:
             old = key_of(before)
             if old != k and complete(old):
+                prior = last.get(old)  # the row came from the old key: so do its unchanged values
+                origin = before
                 last[old] = len(ops)
                 ops.append("d")
                 txs.append(tx)
                 seqs.append(seq)
                 images.append(before)
         if op == "u" and UNCHANGED in after:
-            prior = last.get(k)
             if prior is not None and ops[prior] != "d":
                 earlier = images[prior]
                 assert earlier is not None
                 after = tuple(e if v is UNCHANGED else v for v, e in zip(after, earlier, strict=True))
+                origin = origins.get(prior, earlier)
             if UNCHANGED in after:
                 partial.add(len(ops))
+                if origin is not None and key_of(origin) != k:
+                    origins[len(ops)] = origin
         last[k] = len(ops)
         ops.append(op)
         txs.append(tx)
@@ -189,9 +214,14 @@ def mirror_steps(tc: TableChanges) -> list[MirrorStep]:
     if len(order) < len(ops):
         pick = itemgetter(*order) if len(order) > 1 else (lambda xs: (xs[order[0]],))
         ops, txs, seqs, images = list(pick(ops)), list(pick(txs)), list(pick(seqs)), list(pick(images))
+        origins = {n: origins[i] for n, i in enumerate(order) if i in origins}
         partial = {n for n, i in enumerate(order) if i in partial}
     table = _with_meta(tc, images, ops, txs, seqs)
     if partial:
+        if origins:  # the key columns of each moved row's origin, null elsewhere
+            keys = tc.codec.to_arrow([origins.get(n) for n in range(len(images))])
+            for i in key_idx:
+                table = table.append_column(pa.field(origin_column(i), keys[i].type), keys[i])
         for col in range(len(schema.columns)):
             flags = [False] * len(images)
             for n in partial:

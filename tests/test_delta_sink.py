@@ -36,6 +36,7 @@ from connectors.postgres import types as pg
 from sinks.delta.schema import delta_type, plan_evolution
 from sinks.delta.sink import DeltaSink
 from tests.builders import ORDERS, TS, USERS, table
+from tests.test_columnar import key_move_batches
 
 INFO = SourceInfo("postgresql", "shop", "shop")
 
@@ -77,6 +78,16 @@ def test_mirror_applies_upserts_deletes_and_keeps_unchanged_values(tmp_path: Pat
     # numeric without a typmod is its exact decimal text in Arrow (docs/types.md)
     assert rows(tmp_path) == [(1, "9.99", "long text"), (4, "3", "c")]
     assert s.position() == Position(300)
+
+
+def test_mirror_moves_unchanged_values_with_the_key(tmp_path: Path) -> None:
+    """Updates of the key with an unchanged TOAST value keep the value stored under the old key: in chains
+    within a batch and across batches, and with a same-key update after the move."""
+    batches, expected = key_move_batches()
+    s = sink(tmp_path)
+    for b in batches:
+        asyncio.run(s.write(b))
+    assert rows(tmp_path) == expected
 
 
 def test_replayed_batches_are_skipped_per_table(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from connectors.postgres import types as pg
 from sinks.warehouse.duckdb import duckdb_sink
 from sinks.warehouse.schema import DUCKDB, POSTGRES, Change, TargetNames, evolve
 from tests.builders import ORDERS, TS, table, write_all
+from tests.test_columnar import key_move_batches
 
 ARROW_TYPES = [
     pa.bool_(), pa.int16(), pa.int32(), pa.int64(), pa.float32(), pa.float64(), pa.string(), pa.binary(),
@@ -100,6 +101,15 @@ def test_upserts_deletes_and_unchanged_values(tmp_path: Path) -> None:
     )
     assert rows(path, "SELECT * FROM public.orders ORDER BY id") == [(1, "9.50", "long text"), (4, "5", "moved")]
     assert rows(path, "SELECT job, sink, position FROM _cdc_checkpoints") == [("j", "duckdb", '{"commit":200}')]
+
+
+def test_key_change_moves_unchanged_values_with_the_key(tmp_path: Path) -> None:
+    """Updates of the key with an unchanged TOAST value keep the value stored under the old key: in chains
+    within a batch and across batches, and with a same-key update after the move."""
+    batches, expected = key_move_batches()
+    path = tmp_path / "w.duckdb"
+    write_all(duckdb_sink("duckdb", path, job="j"), *batches)
+    assert rows(path, "SELECT * FROM public.orders ORDER BY id") == expected
 
 
 def test_replay_is_skipped_and_heartbeats_move_the_position(tmp_path: Path) -> None:
