@@ -24,8 +24,8 @@ from typing import Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cdc.errors import ConfigError
-from cdc.events import UNCHANGED, RawRow, RowBlock, TableChanges, Transaction
+from cdc.errors import ConfigError, SinkError
+from cdc.events import UNCHANGED, RawRow, RowBlock, TableChanges, TableSchema, Transaction
 
 OP: Final = "_cdc_op"
 POSITION: Final = "_cdc_position"
@@ -40,10 +40,33 @@ META_FIELDS: Final = (
     pa.field(TX_ID, pa.int64()),
 )
 _DIGITS: Final = 20  # a uint64 in decimal: positions sort as text
+#: Columns named with this prefix, in any case, are cdc's own in the tables of mirror and
+#: changelog sinks (metadata, keep flags, soft-delete marks); no source column may take one.
+RESERVED_PREFIX: Final = "_cdc_"
 
 
 class KeylessTableError(ConfigError):
     """A mirror (or warehouse) sink was asked to keep a table that has no key."""
+
+
+class ReservedColumnError(SinkError):
+    """A source column is named like cdc's own columns (`RESERVED_PREFIX`); not retryable."""
+
+
+def refuse_reserved_columns(schema: TableSchema, where: str) -> None:
+    """Raise `ReservedColumnError` naming `where` (job and sink), the table and the first column of `schema`
+    whose name starts with `RESERVED_PREFIX` in any case (Delta Lake and DuckDB compare names without case).
+
+    Sinks that store `changelog_table` or `mirror_steps` call it for every table of a batch before
+    writing any of it, so a column added by ALTER mid-stream is refused at its first change.
+    """
+    for c in schema.columns:
+        if c.name.lower().startswith(RESERVED_PREFIX):
+            raise ReservedColumnError(
+                f"{where}: table {schema.table} has a column named {c.name}, but names starting with "
+                f"{RESERVED_PREFIX} are reserved for cdc's own columns in Delta Lake and warehouse tables; rename "
+                "the column, or leave the table out of this job (tables.exclude) or send it to an event-log sink"
+            )
 
 
 def holds_rows(tc: TableChanges) -> bool:

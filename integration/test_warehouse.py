@@ -371,3 +371,24 @@ def test_postgres_target_moves_unchanged_values_with_the_key(target: PgDatabase,
     write_all(postgres_sink("postgres", target.dsn, job="j", use_merge=use_merge), *batches)
     assert [(i, str(t), n) for i, t, n in target.query("SELECT id, total, note FROM public.orders ORDER BY id")] == (
         expected)
+
+
+def test_a_reserved_column_stops_the_job_at_start_with_one_line(
+    pg: PgDatabase, target: PgDatabase, tmp_path: Path
+) -> None:
+    """A source table with a column named _cdc_op: `cdc run` (snapshot first) exits 2 with one line naming the
+    job, the sink, the table and the column; no traceback, no checkpoint, no target table."""
+    pg.execute("CREATE TABLE docs (id int PRIMARY KEY, _cdc_op text)")
+    pg.execute("INSERT INTO docs VALUES (1, 'x')")
+    files, _, duck = warehouse_job(pg, target, tmp_path / "job")
+    files.config.write_text(files.config.read_text().replace("snapshot: never", "snapshot: initial"))
+    result = run_cdc("run", files.config, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("cdc: error:")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"cdc: error: job {files.job}: ") and (
+        "table public.docs has a column named _cdc_op, but names starting with _cdc_ are reserved") in lines[0]
+    assert files.checkpoints() == []
+    assert pg_position(target, "postgres") is None and duckdb_position(duck, "duckdb") is None
+    assert target.query("SELECT count(*) FROM information_schema.tables WHERE table_name = 'docs'") == [(0,)]

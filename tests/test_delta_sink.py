@@ -15,7 +15,7 @@ import pytest
 from deltalake import DeltaTable
 
 from cdc.checkpoints import no_position
-from cdc.columnar import KeylessTableError
+from cdc.columnar import KeylessTableError, ReservedColumnError
 from cdc.config import DeltaSinkConfig
 from cdc.errors import SchemaChangeError
 from cdc.events import (
@@ -164,6 +164,27 @@ def test_keyless_table_is_refused_by_a_mirror_and_kept_by_a_changelog(tmp_path: 
     s = sink(tmp_path / "b", tables={"public.users": {"mode": "changelog"}})
     asyncio.run(s.write(batch(USERS, [("c", tx(1), 1, 0, None, (b"x",))])))
     assert DeltaTable(str(tmp_path / "b/public/users")).to_pyarrow_table().column("name").to_pylist() == ["x"]
+
+
+@pytest.mark.parametrize("column", ["_cdc_op", "_cdc_keep_1", "_CDC_Position"])
+@pytest.mark.parametrize("mode", ["mirror", "changelog"])
+def test_a_reserved_column_name_is_refused_before_anything_is_written(tmp_path: Path, column: str, mode: str) -> None:
+    """A source column named _cdc_* (any case) stops the sink with one non-retryable line naming job, sink, table
+    and column, before any table of the batch is written; also when it arrives by ALTER after the table exists."""
+    plain = TableSchema(TableId("shop", "public", "t"), (Column("id", "int4", pg.INT4, key=True),
+                                                          Column("v", "text", pg.TEXT)))
+    altered = TableSchema(plain.table, (*plain.columns, Column(column, "text", pg.TEXT)))
+    s = sink(tmp_path, mode=mode)
+    asyncio.run(s.write(batch(plain, [("c", tx(1), 1, 0, None, (b"1", b"a"))])))
+    second = ChangeBatch(Position(200), [table(ORDERS, [("c", tx(2), 1, 0, None, (b"1", b"1", b"a"))]),
+                                         table(altered, [("c", tx(2), 2, 0, None, (b"2", b"b", b"x"))])])
+    with pytest.raises(ReservedColumnError, match=(
+            rf"^job j, sink lake: table public\.t has a column named {column}, but names starting with _cdc_ are "
+            r"reserved .*rename the column, or leave the table out")) as caught:
+        asyncio.run(s.write(second))
+    assert not caught.value.retryable
+    assert not (tmp_path / "public/orders").exists()
+    assert s.position() == Position(100)
 
 
 def test_hostile_names_stay_inside_the_path_and_quote_in_merge(tmp_path: Path) -> None:

@@ -236,6 +236,26 @@ def test_table_without_key_is_refused(tmp_path: Path) -> None:
     assert rows(path, "SELECT position FROM _cdc_checkpoints") == [('{"commit":100}',)]
 
 
+@pytest.mark.parametrize("column", ["_cdc_op", "_cdc_deleted", "_CDC_OP"])
+def test_a_reserved_column_name_is_refused(tmp_path: Path, column: str) -> None:
+    """A source column named _cdc_* (any case) stops the sink with one non-retryable line naming job, sink, table
+    and column; nothing of the batch is written and the position stays."""
+    from cdc.columnar import ReservedColumnError
+
+    schema = TableSchema(TableId("shop", "public", "t"), (Column("id", "int4", pg.INT4, key=True),
+                                                          Column(column, "text", pg.TEXT)))
+    path = tmp_path / "w.duckdb"
+    batch = ChangeBatch(Position(200), [*orders(("c", tx(2), 1, 0, None, (b"1", b"1", b"a"))),
+                                        table(schema, [("c", tx(2), 2, 0, None, (b"1", b"x"))])])
+    with pytest.raises(ReservedColumnError, match=(
+            rf"^job j: duckdb sink duckdb: table public\.t has a column named {column}, but names starting with "
+            r"_cdc_ are reserved")) as caught:
+        write_all(duckdb_sink("duckdb", path, job="j", soft_deletes=True), batch)
+    assert not caught.value.retryable
+    assert rows(path, "SELECT count(*) FROM _cdc_checkpoints") == [(0,)]
+    assert rows(path, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'orders'") == [(0,)]
+
+
 def test_target_names_map_schema_and_table(tmp_path: Path) -> None:
     """target_schema and table_name templates place each table."""
     path = tmp_path / "w.duckdb"

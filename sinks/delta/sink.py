@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -51,6 +52,7 @@ from cdc.columnar import (
     keep_column,
     mirror_steps,
     origin_column,
+    refuse_reserved_columns,
 )
 from cdc.config import DeltaSinkConfig
 from cdc.errors import CdcError, SinkError, SinkWriteError, first_line
@@ -157,6 +159,9 @@ class DeltaSink:
     async def write(self, batch: ChangeBatch) -> None:
         if self._position is not None and batch.position <= self._position:
             return
+        for tc in batch.tables:  # before any table is written
+            if holds_rows(tc):
+                refuse_reserved_columns(tc.schema, self.where)
         last_of: dict[str, int] = {str(tc.schema.table): i for i, tc in enumerate(batch.tables)}
         for i, tc in enumerate(batch.tables):
             last = tc.last
@@ -164,13 +169,29 @@ class DeltaSink:
                 continue
             name = str(tc.schema.table)
             reach = batch.position if last_of[name] == i else Position(last[0].commit, last[1])
-            await asyncio.to_thread(self._write_table, tc, reach)
+            await self._in_thread(self._write_table, tc, reach)
         self._position = batch.position
         if self._maintenance_due():
-            await asyncio.to_thread(self._maintain)
+            await self._in_thread(self._maintain)
 
     async def close(self) -> None:
         self._tables.clear()
+
+    async def _in_thread(self, work: Callable[..., None], *args: Any) -> None:
+        """Run blocking deltalake `work` in a worker thread, a panic of deltalake turned into a `SinkError`.
+
+        deltalake reports a panic of its Rust code as pyo3's ``PanicException``, a ``BaseException``
+        that would pass every ``except Exception`` up to the daemon and end the job without a
+        word. Its cause does not go away by retrying, so the error is not retryable.
+        """
+        try:
+            await asyncio.to_thread(work, *args)
+        except BaseException as err:
+            if type(err).__name__ != "PanicException":
+                raise
+            self._tables.clear()  # reload every table from storage on the next run
+            raise SinkError(f"{self.where}: deltalake failed with a panic: {first_line(err)}; retrying cannot help: "
+                            "report it with the log") from err
 
     # -- one table ----------------------------------------------------------------------
 

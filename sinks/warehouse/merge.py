@@ -34,7 +34,7 @@ import pyarrow as pa
 import structlog
 from psycopg import sql
 
-from cdc.columnar import OP, holds_rows, keep_column, mirror_steps, origin_column
+from cdc.columnar import OP, holds_rows, keep_column, mirror_steps, origin_column, refuse_reserved_columns
 from cdc.errors import CdcError, CheckpointError, SinkError, SinkWriteError, first_line
 from cdc.events import ChangeBatch, Position, TableChanges, TableSchema
 from sinks.warehouse.schema import Change, Dialect, TargetNames, evolve
@@ -190,6 +190,9 @@ class WarehouseSink:
         batch = batch.after(self._position)
         if self._position is not None and batch.position <= self._position:
             return
+        for tc in batch.tables:
+            if holds_rows(tc):
+                refuse_reserved_columns(tc.schema, self._what())
         engine = self.engine
         try:
             engine.begin()
