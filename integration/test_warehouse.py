@@ -392,3 +392,39 @@ def test_a_reserved_column_stops_the_job_at_start_with_one_line(
     assert files.checkpoints() == []
     assert pg_position(target, "postgres") is None and duckdb_position(duck, "duckdb") is None
     assert target.query("SELECT count(*) FROM information_schema.tables WHERE table_name = 'docs'") == [(0,)]
+
+
+def test_two_sinks_opening_one_target_at_once_both_start(target: PgDatabase, tmp_path: Path) -> None:
+    """Two jobs' sinks (two sink instances in one process) open one PostgreSQL target and one DuckDB file at the
+    same moment, 20 times over fresh targets: both open and write, and both checkpoint rows live."""
+    import asyncio
+
+    from sinks.warehouse.duckdb import duckdb_sink
+    from sinks.warehouse.merge import WarehouseSink
+
+    schema = TableSchema(TableId("shop", "public", "t"), (Column("id", "int4", pgt.INT4, key=True),))
+
+    def batch(n: int) -> ChangeBatch:
+        return ChangeBatch(Position(n), [table(schema, [("c", Transaction(n, n, TS), 1, 0, None, (str(n).encode(),))])])
+
+    async def both(sinks: list[WarehouseSink]) -> None:
+        try:
+            await asyncio.gather(*(s.open() for s in sinks))
+            await asyncio.gather(*(s.write(batch(100 + i)) for i, s in enumerate(sinks)))
+        finally:
+            for s in sinks:
+                await s.close()
+
+    for attempt in range(20):
+        target.execute("DROP TABLE IF EXISTS _cdc_checkpoints")
+        duck = tmp_path / f"w{attempt}.duckdb"
+        asyncio.run(both([postgres_sink("postgres", target.dsn, job=f"job{i}") for i in range(2)]
+                         + [duckdb_sink("duckdb", duck, job=f"job{i}") for i in range(2)]))
+        assert sorted(target.query("SELECT job, position FROM _cdc_checkpoints")) == [
+            ("job0", '{"commit":100}'), ("job1", '{"commit":101}')]
+        con = duckdb.connect(str(duck), read_only=True)
+        try:
+            assert sorted(con.execute("SELECT job, position FROM _cdc_checkpoints").fetchall()) == [
+                ("job0", '{"commit":102}'), ("job1", '{"commit":103}')]
+        finally:
+            con.close()

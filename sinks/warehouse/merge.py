@@ -3,7 +3,9 @@
 A batch becomes durable in one database transaction per batch:
 
 1. per table of the batch (`TableChanges`): create the target table if missing, add new
-   columns and widen changed ones (`sinks.warehouse.schema`);
+   columns and widen changed ones (`sinks.warehouse.schema`);  creating tables (also
+   ``_cdc_checkpoints`` at `open`) runs under `Engine.lock_catalog`, so jobs that share a
+   target database or file can start together;
 2. per `MirrorStep` of that table (`cdc.columnar.mirror_steps`: the last change per key
    after the last truncate): empty the table if the step truncates, load the step's Arrow
    table into a staging relation (`Engine.stage`), then DELETE every staged key from the
@@ -76,9 +78,18 @@ class Engine(Protocol):
 
     def query(self, statement: sql.Composed, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
 
-    def begin(self) -> None: ...
+    def begin(self) -> None:
+        """Open a transaction (DuckDB: wait until no other sink of this process has one open on the file)."""
+        ...
 
     def commit(self) -> None: ...
+
+    def lock_catalog(self) -> None:
+        """Inside the open transaction, before creating tables or schemas: wait until no other sink that
+        writes this target (another job of this daemon, another daemon) is doing so; held until the
+        transaction ends. Two sinks then never race ``CREATE ... IF NOT EXISTS`` of one name
+        (PostgreSQL fails one with a duplicate key in its catalog, DuckDB with a write-write conflict)."""
+        ...
 
     def rollback(self) -> None:
         """Abandon the open transaction, if any; never raises."""
@@ -153,6 +164,7 @@ class WarehouseSink:
         try:
             engine.connect()
             engine.begin()
+            engine.lock_catalog()
             engine.execute(self._checkpoint_ddl())
             rows = engine.query(
                 sql.SQL("SELECT position FROM {} WHERE job = {p} AND sink = {p}").format(
@@ -164,6 +176,9 @@ class WarehouseSink:
             engine.rollback()
             raise SinkWriteError(
                 f"{self._what()}: cannot open {engine.describe()}: {first_line(err)}") from err
+        except BaseException:
+            engine.rollback()  # also ends the transaction's hold on the target (`Engine.lock_catalog`)
+            raise
         if rows:
             try:
                 self._position = Position.from_json(orjson.loads(rows[0][0]))
@@ -315,6 +330,7 @@ class WarehouseSink:
             columns[DELETED], columns[SYNCED_AT] = "BOOLEAN", stamp
         if self.primary_key:
             parts.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, tc.schema.key))))
+        engine.lock_catalog()  # another job may be creating this schema or table right now
         exists = engine.query(sql.SQL(
             "SELECT count(*) FROM information_schema.schemata WHERE catalog_name = current_database() "
             "AND schema_name = {p}").format(p=engine.placeholder), (schema_name,))
