@@ -204,11 +204,13 @@ def mirror_steps(tc: TableChanges) -> list[MirrorStep]:
             images.append(before)
             continue
         k = key_of(after)
-        prior = last.get(k)  # the row's earlier change in this run, if any
+        moved = False
+        prior: int | None = None  # the row's earlier change in this run (looked up only when needed)
         origin: RawRow | None = None  # where the target stores its unchanged values, when not under k
         if before is not None:
             old = key_of(before)
             if old != k and complete(old):
+                moved = True
                 prior = last.get(old)  # the row came from the old key: so do its unchanged values
                 origin = before
                 last[old] = len(ops)
@@ -217,6 +219,8 @@ def mirror_steps(tc: TableChanges) -> list[MirrorStep]:
                 seqs.append(seq)
                 images.append(before)
         if op == "u" and UNCHANGED in after:
+            if not moved:
+                prior = last.get(k)
             if prior is not None and ops[prior] != "d":
                 earlier = images[prior]
                 assert earlier is not None
