@@ -17,7 +17,7 @@ from deltalake import DeltaTable
 from cdc.checkpoints import no_position
 from cdc.columnar import KeylessTableError, ReservedColumnError
 from cdc.config import DeltaSinkConfig
-from cdc.errors import SchemaChangeError
+from cdc.errors import SchemaChangeError, SinkError
 from cdc.events import (
     UNCHANGED,
     ChangeBatch,
@@ -185,6 +185,24 @@ def test_a_reserved_column_name_is_refused_before_anything_is_written(tmp_path: 
     assert not caught.value.retryable
     assert not (tmp_path / "public/orders").exists()
     assert s.position() == Position(100)
+
+
+def test_a_deltalake_panic_becomes_one_non_retryable_line(tmp_path: Path) -> None:
+    """A panic in deltalake's Rust code (pyo3's PanicException, a BaseException) reaches the daemon as a SinkError
+    naming job and sink, not retryable, instead of passing every `except Exception` and ending the job unseen."""
+    s = sink(tmp_path)
+    asyncio.run(s.write(batch(ORDERS, [("c", tx(1), 1, 0, None, (b"1", b"1", b"a"))])))
+    dt = DeltaTable(str(tmp_path / "public/orders"))
+    twice = pa.Table.from_arrays([pa.array([1], pa.int64()), pa.array([1], pa.int64())], names=["id", "id"])
+
+    def merge() -> None:  # deltalake 1.x unwraps the schema error of a duplicated source column: a panic
+        dt.merge(twice, predicate="t.id = s.id", source_alias="s", target_alias="t").when_matched_delete().execute()
+
+    with pytest.raises(SinkError, match=r"^job j, sink lake: deltalake failed with a panic: .*retrying cannot help"
+                       ) as caught:
+        asyncio.run(s._in_thread(merge))
+    assert not caught.value.retryable
+    assert type(caught.value.__cause__).__name__ == "PanicException"
 
 
 def test_hostile_names_stay_inside_the_path_and_quote_in_merge(tmp_path: Path) -> None:
