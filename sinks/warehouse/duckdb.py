@@ -39,6 +39,8 @@ _FILE_LOCKS_GUARD: Final = threading.Lock()
 def _file_lock(path: Path) -> threading.Lock:
     with _FILE_LOCKS_GUARD:
         return _FILE_LOCKS.setdefault(str(path.resolve()), threading.Lock())
+
+
 #: Arrow holds PostgreSQL's -infinity as the lowest value of the storage (docs/types.md);
 #: DuckDB's -infinity is one above it, and it rejects the lowest value itself.
 _NEG_INFINITY: Final = {
