@@ -24,8 +24,8 @@ from typing import Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cdc.errors import ConfigError
-from cdc.events import UNCHANGED, RawRow, RowBlock, TableChanges, Transaction
+from cdc.errors import ConfigError, SinkError
+from cdc.events import UNCHANGED, RawRow, RowBlock, TableChanges, TableSchema, Transaction
 
 OP: Final = "_cdc_op"
 POSITION: Final = "_cdc_position"
@@ -40,10 +40,33 @@ META_FIELDS: Final = (
     pa.field(TX_ID, pa.int64()),
 )
 _DIGITS: Final = 20  # a uint64 in decimal: positions sort as text
+#: Columns named with this prefix, in any case, are cdc's own in the tables of mirror and
+#: changelog sinks (metadata, keep flags, soft-delete marks); no source column may take one.
+RESERVED_PREFIX: Final = "_cdc_"
 
 
 class KeylessTableError(ConfigError):
     """A mirror (or warehouse) sink was asked to keep a table that has no key."""
+
+
+class ReservedColumnError(SinkError):
+    """A source column is named like cdc's own columns (`RESERVED_PREFIX`); not retryable."""
+
+
+def refuse_reserved_columns(schema: TableSchema, where: str) -> None:
+    """Raise `ReservedColumnError` naming `where` (job and sink), the table and the first column of `schema`
+    whose name starts with `RESERVED_PREFIX` in any case (Delta Lake and DuckDB compare names without case).
+
+    Sinks that store `changelog_table` or `mirror_steps` call it for every table of a batch before
+    writing any of it, so a column added by ALTER mid-stream is refused at its first change.
+    """
+    for c in schema.columns:
+        if c.name.lower().startswith(RESERVED_PREFIX):
+            raise ReservedColumnError(
+                f"{where}: table {schema.table} has a column named {c.name}, but names starting with "
+                f"{RESERVED_PREFIX} are reserved for cdc's own columns in Delta Lake and warehouse tables; rename "
+                "the column, or leave the table out of this job (tables.exclude) or send it to an event-log sink"
+            )
 
 
 def holds_rows(tc: TableChanges) -> bool:
@@ -58,6 +81,12 @@ def holds_rows(tc: TableChanges) -> bool:
 def keep_column(index: int) -> str:
     """The name of the flag column saying data column `index` keeps the target's stored value."""
     return f"_cdc_keep_{index}"
+
+
+def origin_column(index: int) -> str:
+    """The name of the column holding, for key column `index`, the key whose stored row the kept values
+    of a moved row come from (null: the row's own key). See `MirrorStep`."""
+    return f"_cdc_from_{index}"
 
 
 def position_text(commit: int, seq: int) -> str:
@@ -109,6 +138,15 @@ class MirrorStep:
     `_cdc_position`, `_cdc_commit_ts`, `_cdc_tx_id`, then one bool column `keep_column(i)` per
     data column `i` that holds an unchanged (e.g. TOASTed) value in some row: True means
     keep the target's stored value there. None when only a truncate is left to apply.
+
+    Where a kept value lives: in the target's row under the row's own key, unless the row
+    was moved to its key by an update of the key (pgoutput sends an unchanged TOASTed value
+    as unchanged also then, PITFALLS.md): then the value is in the target's row under the
+    key the row had before the run, and `changes` also has one column `origin_column(i)`
+    per key column `i` holding that key (null for rows that keep from their own key).
+    Sinks read kept values as the target holds them before the step, so the old key's
+    delete in the same step must not be applied first. The origin columns exist only when
+    some row needs them.
     """
 
     truncate: bool
@@ -143,6 +181,9 @@ def mirror_steps(tc: TableChanges) -> list[MirrorStep]:
     seqs: list[int] = []
     images: list[RawRow | None] = []
     partial: set[int] = set()  # indexes whose image still holds an unchanged value
+    #: index -> an image whose key is where the target stores that row's unchanged values,
+    #: for the partial rows that moved to another key in this run
+    origins: dict[int, RawRow] = {}
     for op, tx, seq, _, before, after in tc.changes:
         if op == "m":
             continue
@@ -150,6 +191,7 @@ def mirror_steps(tc: TableChanges) -> list[MirrorStep]:
             truncate = True
             last.clear()
             partial.clear()
+            origins.clear()
             ops, txs, seqs, images = [], [], [], []
             continue
         if after is None:  # delete
@@ -162,22 +204,32 @@ def mirror_steps(tc: TableChanges) -> list[MirrorStep]:
             images.append(before)
             continue
         k = key_of(after)
+        moved = False
+        prior: int | None = None  # the row's earlier change in this run (looked up only when needed)
+        origin: RawRow | None = None  # where the target stores its unchanged values, when not under k
         if before is not None:
             old = key_of(before)
             if old != k and complete(old):
+                moved = True
+                prior = last.get(old)  # the row came from the old key: so do its unchanged values
+                origin = before
                 last[old] = len(ops)
                 ops.append("d")
                 txs.append(tx)
                 seqs.append(seq)
                 images.append(before)
         if op == "u" and UNCHANGED in after:
-            prior = last.get(k)
+            if not moved:
+                prior = last.get(k)
             if prior is not None and ops[prior] != "d":
                 earlier = images[prior]
                 assert earlier is not None
                 after = tuple(e if v is UNCHANGED else v for v, e in zip(after, earlier, strict=True))
+                origin = origins.get(prior, earlier)
             if UNCHANGED in after:
                 partial.add(len(ops))
+                if origin is not None and key_of(origin) != k:
+                    origins[len(ops)] = origin
         last[k] = len(ops)
         ops.append(op)
         txs.append(tx)
@@ -189,9 +241,14 @@ def mirror_steps(tc: TableChanges) -> list[MirrorStep]:
     if len(order) < len(ops):
         pick = itemgetter(*order) if len(order) > 1 else (lambda xs: (xs[order[0]],))
         ops, txs, seqs, images = list(pick(ops)), list(pick(txs)), list(pick(seqs)), list(pick(images))
+        origins = {n: origins[i] for n, i in enumerate(order) if i in origins}
         partial = {n for n, i in enumerate(order) if i in partial}
     table = _with_meta(tc, images, ops, txs, seqs)
     if partial:
+        if origins:  # the key columns of each moved row's origin, null elsewhere
+            keys = tc.codec.to_arrow([origins.get(n) for n in range(len(images))])
+            for i in key_idx:
+                table = table.append_column(pa.field(origin_column(i), keys[i].type), keys[i])
         for col in range(len(schema.columns)):
             flags = [False] * len(images)
             for n in partial:

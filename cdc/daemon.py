@@ -106,7 +106,9 @@ class Daemon:
             sampler = asyncio.create_task(self._sample(), name="cdc-status-sampler")
             while not self.stop.is_set() and any(not t.done() for t in self._tasks.values()):
                 waiting = [asyncio.create_task(self.stop.wait()), asyncio.create_task(self._wake.wait())]
-                await asyncio.wait([*waiting, *self._tasks.values()], return_when=asyncio.FIRST_COMPLETED)
+                # Only the jobs still running: a finished task would end every wait at once (a busy loop).
+                running = [t for t in self._tasks.values() if not t.done()]
+                await asyncio.wait([*waiting, *running], return_when=asyncio.FIRST_COMPLETED)
                 for w in waiting:
                     w.cancel()
                 if self._wake.is_set():

@@ -7,8 +7,11 @@ source: the mirror row for row, the changelog by folding its history in position
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+import yaml
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
@@ -27,6 +31,7 @@ from integration.daemon import (
     Daemons,
     JobFiles,
     job_config,
+    sink_rows,
     wait_until,
     write_config,
     write_with_two_kills,
@@ -136,6 +141,64 @@ def test_added_and_widened_columns_reach_the_mirror(pg: PgDatabase, tmp_path: Pa
     schema = DeltaTable(uri).schema().to_arrow()
     assert pa.schema(schema).field("qty").type == pa.int64()
     assert daemon.terminate() == 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process `pid` used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_reserved_column_added_mid_stream_stops_only_its_job_with_one_line(
+    pg: PgDatabase, tmp_path: Path, daemons: Daemons
+) -> None:
+    """ALTER TABLE ADD COLUMN "_CDC_Op" mid-stream: the job with the Delta mirror and changelog stops with one
+    line naming job, sink, table and column (the mirror keeps its rows); its event-log sink and the daemon's other
+    job go on, and the daemon does not spin (under a quarter of a core) while that job runs on."""
+    pg.execute("CREATE TABLE docs (id int PRIMARY KEY, v text)")
+    pg.execute("CREATE TABLE other (id int PRIMARY KEY, v text)")
+    lake = tmp_path / "lake"
+    files = delta_job(pg, tmp_path / "job", [
+        {"type": "delta", "name": "mirror", "path": str(lake / "mirror")},
+        {"type": "delta", "name": "log", "path": str(lake / "log"), "mode": "changelog"},
+    ])
+    document = yaml.safe_load(files.config.read_text())
+    [job] = document["jobs"]
+    job["tables"] = {"include": ["public.docs"]}
+    other = copy.deepcopy(job)
+    other["name"], other["tables"] = "other", {"include": ["public.other"]}
+    other["source"]["slot"], other["source"]["publication"] = pg.name("slot"), pg.name("pub")
+    other_files = JobFiles(tmp_path / "other", job="other")
+    other["sinks"] = [{"type": "file", "path": str(other_files.sink)}]
+    document["jobs"].append(other)
+    write_config(files, document)
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    wait_until(lambda: sum(e.get("event") == "replication_started" for e in daemon.events()) == 2, CATCH_UP_S,
+               "both jobs to stream")
+    pg.execute("INSERT INTO docs VALUES (1, 'a')")
+    uri = str(lake / "mirror/public/docs")
+    wait_until(lambda: delta_rows(uri, ("id", "v")) == [(1, "a")], CATCH_UP_S, "the first row in the mirror")
+    pg.execute('ALTER TABLE docs ADD COLUMN "_CDC_Op" text')
+    pg.execute("INSERT INTO docs VALUES (2, 'b', 'x')")
+    failed = daemon.wait_for("job_failed", timeout=CATCH_UP_S)
+    assert failed["job"] == files.job and failed["error_class"] == "ReservedColumnError", failed
+    cpu, wall = cpu_seconds(daemon.pid), time.monotonic()
+    for i in range(1, 11):  # the other job goes on, one transaction at a time
+        pg.execute("INSERT INTO other VALUES (%s, 'o')", (i,))
+        wait_until(lambda n=i: len(sink_rows(other_files, "public.other")) == n, CATCH_UP_S, "the other job's rows")
+    used, elapsed = cpu_seconds(daemon.pid) - cpu, time.monotonic() - wall
+    assert used < 0.25 * elapsed, f"the daemon used {used:.2f} s of CPU in {elapsed:.2f} s: it spins"
+    assert delta_rows(uri, ("id", "v")) == [(1, "a")]
+    assert sorted(r["_cdc_op"] for r in DeltaTable(str(lake / "log/public/docs")).to_pyarrow_table().to_pylist()) == [
+        "c"]
+    assert daemon.terminate() == 2
+    stderr = daemon.stderr()
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("cdc: error:")]
+    assert lines == [
+        f"cdc: error: job {files.job}, sink mirror: table public.docs has a column named _CDC_Op, but names starting "
+        "with _cdc_ are reserved for cdc's own columns in Delta Lake and warehouse tables; rename the column, or "
+        "leave the table out of this job (tables.exclude) or send it to an event-log sink"], stderr
 
 
 def _free_port() -> int:

@@ -8,6 +8,8 @@ pipeline writes every batch to both sinks before the next one).
 
 from __future__ import annotations
 
+import random
+import string
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -39,6 +41,7 @@ from integration.daemon import (
 from sinks.warehouse.postgres import postgres_sink
 from sinks.warehouse.schema import POSTGRES
 from tests.builders import TS, table, write_all
+from tests.test_columnar import key_move_batches
 
 CATCH_UP_S = 40.0
 HOSTILE = 'weird "name"; drop table x;--'
@@ -314,3 +317,114 @@ def test_postgres_target_soft_deletes_and_truncate(target: PgDatabase, use_merge
              batch(300, ("t", b"", None), ("c", b"3", b"again")))
     assert target.query("SELECT id, v, _cdc_deleted, _cdc_synced_at IS NOT NULL FROM public.s ORDER BY id") == [
         (1, "a", True, True), (2, "b", True, True), (3, "again", False, True)]
+
+
+def test_key_changes_keep_unchanged_toast_values_in_every_mirror(
+    pg: PgDatabase, target: PgDatabase, tmp_path: Path, daemons: Daemons
+) -> None:
+    """UPDATE of the key with a TOASTed text left unchanged (pgoutput sends it as unchanged): the Delta mirror,
+    DuckDB and the PostgreSQL target hold the old row's value under the new key, also for chains of key changes
+    in one transaction and across batches and for a same-key update right after a move."""
+    from integration.test_delta_sink import delta_rows
+
+    pg.execute("CREATE TABLE docs (id int PRIMARY KEY, title text, body text)")
+    pg.execute("ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL")
+    lake = tmp_path / "lake"
+    duck = tmp_path / "warehouse.duckdb"
+    files, _ = broker_job(pg, tmp_path / "job", [
+        {"type": "duckdb", "path": str(duck)}, {"type": "postgres", "dsn": target.dsn},
+        {"type": "delta", "path": str(lake)}])
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    daemon.wait_for("replication_started", timeout=30)
+    rng = random.Random(15)
+    bodies = ["".join(rng.choices(string.ascii_letters + string.digits, k=10_000)) for _ in range(5)]
+    with pg.connect() as conn:
+        for i, body in zip((1, 3, 5, 7, 9), bodies, strict=True):
+            conn.execute("INSERT INTO docs VALUES (%s, 'new', %s)", (i, body))
+        wait_target_equal(pg, target, daemon, "public", "docs")
+        assert conn.execute("SELECT count(*) FROM docs WHERE pg_column_size(body) >= 10000").fetchone() == (5,)
+        conn.execute("UPDATE docs SET id = 2 WHERE id = 1")  # the issue's statement
+        with conn.transaction():  # one transaction, so one batch: a chain, and a move then a same-key update
+            conn.execute("UPDATE docs SET id = 30 WHERE id = 3")
+            conn.execute("UPDATE docs SET id = 31 WHERE id = 30")
+            conn.execute("UPDATE docs SET id = 50 WHERE id = 5")
+            conn.execute("UPDATE docs SET title = 'moved' WHERE id = 50")
+        conn.execute("UPDATE docs SET id = 70, title = 'first' WHERE id = 7")
+        wait_target_equal(pg, target, daemon, "public", "docs")
+        conn.execute("UPDATE docs SET id = 71 WHERE id = 70")  # the next batch moves it again
+        conn.execute("UPDATE docs SET id = 90 WHERE id = 9")
+        conn.execute("UPDATE docs SET id = 9 WHERE id = 90")  # back to its first key
+    expected = wait_target_equal(pg, target, daemon, "public", "docs")
+    assert [r[0] for r in expected] == [2, 9, 31, 50, 71] and sorted(r[2] for r in expected) == sorted(bodies)
+    wait_until(lambda: delta_rows(str(lake / "public/docs"), ("id", "title", "body")) == expected, CATCH_UP_S,
+               "the Delta mirror to equal the source")
+    assert daemon.terminate(10.0) == 0
+    assert_clean_log(daemon)
+    assert duckdb_rows(duck, "public", "docs") == expected
+
+
+@pytest.mark.parametrize("use_merge", [None, False], ids=["merge", "delete-insert"])
+def test_postgres_target_moves_unchanged_values_with_the_key(target: PgDatabase, use_merge: bool | None) -> None:
+    """Key changes with an unchanged value, in chains within and across batches: the PostgreSQL target keeps the
+    value stored under the old key (with MERGE, and with DELETE + INSERT)."""
+    batches, expected = key_move_batches()
+    write_all(postgres_sink("postgres", target.dsn, job="j", use_merge=use_merge), *batches)
+    assert [(i, str(t), n) for i, t, n in target.query("SELECT id, total, note FROM public.orders ORDER BY id")] == (
+        expected)
+
+
+def test_a_reserved_column_stops_the_job_at_start_with_one_line(
+    pg: PgDatabase, target: PgDatabase, tmp_path: Path
+) -> None:
+    """A source table with a column named _cdc_op: `cdc run` (snapshot first) exits 2 with one line naming the
+    job, the sink, the table and the column; no traceback, no checkpoint, no target table."""
+    pg.execute("CREATE TABLE docs (id int PRIMARY KEY, _cdc_op text)")
+    pg.execute("INSERT INTO docs VALUES (1, 'x')")
+    files, _, duck = warehouse_job(pg, target, tmp_path / "job")
+    files.config.write_text(files.config.read_text().replace("snapshot: never", "snapshot: initial"))
+    result = run_cdc("run", files.config, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("cdc: error:")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"cdc: error: job {files.job}: ") and (
+        "table public.docs has a column named _cdc_op, but names starting with _cdc_ are reserved") in lines[0]
+    assert files.checkpoints() == []
+    assert pg_position(target, "postgres") is None and duckdb_position(duck, "duckdb") is None
+    assert target.query("SELECT count(*) FROM information_schema.tables WHERE table_name = 'docs'") == [(0,)]
+
+
+def test_two_sinks_opening_one_target_at_once_both_start(target: PgDatabase, tmp_path: Path) -> None:
+    """Two jobs' sinks (two sink instances in one process) open one PostgreSQL target and one DuckDB file at the
+    same moment, 20 times over fresh targets: both open and write, and both checkpoint rows live."""
+    import asyncio
+
+    from sinks.warehouse.duckdb import duckdb_sink
+    from sinks.warehouse.merge import WarehouseSink
+
+    schema = TableSchema(TableId("shop", "public", "t"), (Column("id", "int4", pgt.INT4, key=True),))
+
+    def batch(n: int) -> ChangeBatch:
+        return ChangeBatch(Position(n), [table(schema, [("c", Transaction(n, n, TS), 1, 0, None, (str(n).encode(),))])])
+
+    async def both(sinks: list[WarehouseSink]) -> None:
+        try:
+            await asyncio.gather(*(s.open() for s in sinks))
+            await asyncio.gather(*(s.write(batch(100 + i)) for i, s in enumerate(sinks)))
+        finally:
+            for s in sinks:
+                await s.close()
+
+    for attempt in range(20):
+        target.execute("DROP TABLE IF EXISTS _cdc_checkpoints")
+        duck = tmp_path / f"w{attempt}.duckdb"
+        asyncio.run(both([postgres_sink("postgres", target.dsn, job=f"job{i}") for i in range(2)]
+                         + [duckdb_sink("duckdb", duck, job=f"job{i}") for i in range(2)]))
+        assert sorted(target.query("SELECT job, position FROM _cdc_checkpoints")) == [
+            ("job0", '{"commit":100}'), ("job1", '{"commit":101}')]
+        con = duckdb.connect(str(duck), read_only=True)
+        try:
+            assert sorted(con.execute("SELECT job, position FROM _cdc_checkpoints").fetchall()) == [
+                ("job0", '{"commit":102}'), ("job1", '{"commit":103}')]
+        finally:
+            con.close()

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from cdc.columnar import META_COLUMNS, KeylessTableError, changelog_table, keep_column, mirror_steps, position_text
-from cdc.events import UNCHANGED, Transaction
+from cdc.columnar import (
+    META_COLUMNS,
+    KeylessTableError,
+    changelog_table,
+    keep_column,
+    mirror_steps,
+    origin_column,
+    position_text,
+)
+from cdc.events import UNCHANGED, ChangeBatch, Position, RowChange, Transaction
 from tests.builders import ORDERS, TS, USERS, table
 
 TX1 = Transaction(7, 100, TS)
@@ -74,6 +82,86 @@ def test_mirror_update_of_the_key_deletes_the_old_key() -> None:
     assert step.changes is not None
     assert step.changes.select(["id", "_cdc_op"]).to_pylist() == [
         {"id": 1, "_cdc_op": "d"}, {"id": 2, "_cdc_op": "u"}]
+
+
+def moved(changes: list[RowChange]) -> list[dict[str, object]]:
+    """The mirror step of ORDERS `changes` as rows: id, note, op, the keep flag of note, the origin key."""
+    [step] = mirror_steps(table(ORDERS, changes))
+    assert step.changes is not None
+    return [{"id": r["id"], "note": r["note"], "op": r["_cdc_op"], "keep": r.get(keep_column(2)),
+             "origin": r.get(origin_column(0))} for r in step.changes.to_pylist()]
+
+
+def test_mirror_key_change_keeps_unchanged_values_of_the_old_key() -> None:
+    """An update of the key with an unchanged value keeps the value the target stores under the OLD key."""
+    rows = moved([("u", TX1, 1, 0, (b"1", None, None), (b"2", b"5", UNCHANGED))])
+    assert rows == [
+        {"id": 1, "note": None, "op": "d", "keep": False, "origin": None},
+        {"id": 2, "note": None, "op": "u", "keep": True, "origin": 1},
+    ]
+
+
+def test_mirror_key_change_takes_unchanged_values_from_the_old_keys_earlier_change() -> None:
+    """An update of the key with an unchanged value takes it from the run's earlier change of the old key."""
+    rows = moved([
+        ("c", TX1, 1, 0, None, (b"1", b"1", b"long")),
+        ("u", TX2, 1, 0, (b"1", None, None), (b"2", b"5", UNCHANGED)),
+    ])
+    assert rows == [
+        {"id": 1, "note": None, "op": "d", "keep": None, "origin": None},
+        {"id": 2, "note": "long", "op": "u", "keep": None, "origin": None},
+    ]
+
+
+def test_mirror_chain_of_key_changes_keeps_values_of_the_first_key() -> None:
+    """1 -> 2 -> 3, then an update of 3, with the value unchanged throughout: it comes from the stored row 1."""
+    rows = moved([
+        ("u", TX1, 1, 0, (b"1", None, None), (b"2", b"5", UNCHANGED)),
+        ("u", TX1, 2, 0, (b"2", None, None), (b"3", b"6", UNCHANGED)),
+        ("u", TX2, 1, 0, None, (b"3", b"7", UNCHANGED)),
+        ("u", TX2, 2, 0, None, (b"4", b"1", UNCHANGED)),
+    ])
+    assert rows == [
+        {"id": 1, "note": None, "op": "d", "keep": False, "origin": None},
+        {"id": 2, "note": None, "op": "d", "keep": False, "origin": None},
+        {"id": 3, "note": None, "op": "u", "keep": True, "origin": 1},
+        {"id": 4, "note": None, "op": "u", "keep": True, "origin": None},
+    ]
+
+
+def test_mirror_key_swapped_back_keeps_its_own_stored_value() -> None:
+    """1 -> 2 -> 1 with the value unchanged: row 1 keeps what the target stores under 1; no origin is needed."""
+    rows = moved([
+        ("u", TX1, 1, 0, (b"1", None, None), (b"2", b"5", UNCHANGED)),
+        ("u", TX1, 2, 0, (b"2", None, None), (b"1", b"6", UNCHANGED)),
+    ])
+    assert rows == [
+        {"id": 2, "note": None, "op": "d", "keep": False, "origin": None},
+        {"id": 1, "note": None, "op": "u", "keep": True, "origin": None},
+    ]
+
+
+def key_move_batches() -> tuple[list[ChangeBatch], list[tuple[int, str, str]]]:
+    """Batches of ORDERS whose updates change keys with `note` unchanged (as pgoutput sends a TOASTed value),
+    and the rows (id, total, note) a mirror must hold after them: 1 -> 3 -> 4 and 2 -> 6 then an update of 6
+    in one batch, 4 -> 7 in the next, 5 -> 8 -> 9 across two batches, 10 -> 11 after an update of 10."""
+
+    def tx(n: int) -> Transaction:
+        return Transaction(n, n * 100, TS)
+
+    def move(t: int, seq: int, old: bytes | None, new: bytes, total: bytes) -> RowChange:
+        return ("u", tx(t), seq, 0, None if old is None else (old, None, None), (new, total, UNCHANGED))
+
+    batches = [
+        [("c", tx(1), i, 0, None, (k, b"0", note)) for i, (k, note) in enumerate(
+            [(b"1", b"one"), (b"2", b"two"), (b"5", b"five"), (b"10", b"ten")], 1)],
+        [move(2, 1, b"1", b"3", b"1"), move(2, 2, b"3", b"4", b"2"), move(2, 3, b"2", b"6", b"3"),
+         move(2, 4, None, b"6", b"4"), move(2, 5, b"5", b"8", b"5"), move(2, 6, None, b"10", b"6"),
+         move(2, 7, b"10", b"11", b"7")],
+        [move(3, 1, b"4", b"7", b"8"), move(3, 2, b"8", b"9", b"9")],
+    ]
+    return ([ChangeBatch(Position(changes[-1][1].commit), [table(ORDERS, changes)]) for changes in batches],
+            [(6, "4", "two"), (7, "8", "one"), (9, "9", "five"), (11, "7", "ten")])
 
 
 def test_mirror_truncate_drops_what_came_before() -> None:

@@ -15,9 +15,9 @@ import pytest
 from deltalake import DeltaTable
 
 from cdc.checkpoints import no_position
-from cdc.columnar import KeylessTableError
+from cdc.columnar import KeylessTableError, ReservedColumnError
 from cdc.config import DeltaSinkConfig
-from cdc.errors import SchemaChangeError
+from cdc.errors import SchemaChangeError, SinkError
 from cdc.events import (
     UNCHANGED,
     ChangeBatch,
@@ -36,6 +36,7 @@ from connectors.postgres import types as pg
 from sinks.delta.schema import delta_type, plan_evolution
 from sinks.delta.sink import DeltaSink
 from tests.builders import ORDERS, TS, USERS, table
+from tests.test_columnar import key_move_batches
 
 INFO = SourceInfo("postgresql", "shop", "shop")
 
@@ -77,6 +78,16 @@ def test_mirror_applies_upserts_deletes_and_keeps_unchanged_values(tmp_path: Pat
     # numeric without a typmod is its exact decimal text in Arrow (docs/types.md)
     assert rows(tmp_path) == [(1, "9.99", "long text"), (4, "3", "c")]
     assert s.position() == Position(300)
+
+
+def test_mirror_moves_unchanged_values_with_the_key(tmp_path: Path) -> None:
+    """Updates of the key with an unchanged TOAST value keep the value stored under the old key: in chains
+    within a batch and across batches, and with a same-key update after the move."""
+    batches, expected = key_move_batches()
+    s = sink(tmp_path)
+    for b in batches:
+        asyncio.run(s.write(b))
+    assert rows(tmp_path) == expected
 
 
 def test_replayed_batches_are_skipped_per_table(tmp_path: Path) -> None:
@@ -153,6 +164,45 @@ def test_keyless_table_is_refused_by_a_mirror_and_kept_by_a_changelog(tmp_path: 
     s = sink(tmp_path / "b", tables={"public.users": {"mode": "changelog"}})
     asyncio.run(s.write(batch(USERS, [("c", tx(1), 1, 0, None, (b"x",))])))
     assert DeltaTable(str(tmp_path / "b/public/users")).to_pyarrow_table().column("name").to_pylist() == ["x"]
+
+
+@pytest.mark.parametrize("column", ["_cdc_op", "_cdc_keep_1", "_CDC_Position"])
+@pytest.mark.parametrize("mode", ["mirror", "changelog"])
+def test_a_reserved_column_name_is_refused_before_anything_is_written(tmp_path: Path, column: str, mode: str) -> None:
+    """A source column named _cdc_* (any case) stops the sink with one non-retryable line naming job, sink, table
+    and column, before any table of the batch is written; also when it arrives by ALTER after the table exists."""
+    plain = TableSchema(TableId("shop", "public", "t"), (Column("id", "int4", pg.INT4, key=True),
+                                                          Column("v", "text", pg.TEXT)))
+    altered = TableSchema(plain.table, (*plain.columns, Column(column, "text", pg.TEXT)))
+    s = sink(tmp_path, mode=mode)
+    asyncio.run(s.write(batch(plain, [("c", tx(1), 1, 0, None, (b"1", b"a"))])))
+    second = ChangeBatch(Position(200), [table(ORDERS, [("c", tx(2), 1, 0, None, (b"1", b"1", b"a"))]),
+                                         table(altered, [("c", tx(2), 2, 0, None, (b"2", b"b", b"x"))])])
+    with pytest.raises(ReservedColumnError, match=(
+            rf"^job j, sink lake: table public\.t has a column named {column}, but names starting with _cdc_ are "
+            r"reserved .*rename the column, or leave the table out")) as caught:
+        asyncio.run(s.write(second))
+    assert not caught.value.retryable
+    assert not (tmp_path / "public/orders").exists()
+    assert s.position() == Position(100)
+
+
+def test_a_deltalake_panic_becomes_one_non_retryable_line(tmp_path: Path) -> None:
+    """A panic in deltalake's Rust code (pyo3's PanicException, a BaseException) reaches the daemon as a SinkError
+    naming job and sink, not retryable, instead of passing every `except Exception` and ending the job unseen."""
+    s = sink(tmp_path)
+    asyncio.run(s.write(batch(ORDERS, [("c", tx(1), 1, 0, None, (b"1", b"1", b"a"))])))
+    dt = DeltaTable(str(tmp_path / "public/orders"))
+    twice = pa.Table.from_arrays([pa.array([1], pa.int64()), pa.array([1], pa.int64())], names=["id", "id"])
+
+    def merge() -> None:  # deltalake 1.x unwraps the schema error of a duplicated source column: a panic
+        dt.merge(twice, predicate="t.id = s.id", source_alias="s", target_alias="t").when_matched_delete().execute()
+
+    with pytest.raises(SinkError, match=r"^job j, sink lake: deltalake failed with a panic: .*retrying cannot help"
+                       ) as caught:
+        asyncio.run(s._in_thread(merge))
+    assert not caught.value.retryable
+    assert type(caught.value.__cause__).__name__ == "PanicException"
 
 
 def test_hostile_names_stay_inside_the_path_and_quote_in_merge(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from connectors.postgres import types as pg
 from sinks.warehouse.duckdb import duckdb_sink
 from sinks.warehouse.schema import DUCKDB, POSTGRES, Change, TargetNames, evolve
 from tests.builders import ORDERS, TS, table, write_all
+from tests.test_columnar import key_move_batches
 
 ARROW_TYPES = [
     pa.bool_(), pa.int16(), pa.int32(), pa.int64(), pa.float32(), pa.float64(), pa.string(), pa.binary(),
@@ -100,6 +101,15 @@ def test_upserts_deletes_and_unchanged_values(tmp_path: Path) -> None:
     )
     assert rows(path, "SELECT * FROM public.orders ORDER BY id") == [(1, "9.50", "long text"), (4, "5", "moved")]
     assert rows(path, "SELECT job, sink, position FROM _cdc_checkpoints") == [("j", "duckdb", '{"commit":200}')]
+
+
+def test_key_change_moves_unchanged_values_with_the_key(tmp_path: Path) -> None:
+    """Updates of the key with an unchanged TOAST value keep the value stored under the old key: in chains
+    within a batch and across batches, and with a same-key update after the move."""
+    batches, expected = key_move_batches()
+    path = tmp_path / "w.duckdb"
+    write_all(duckdb_sink("duckdb", path, job="j"), *batches)
+    assert rows(path, "SELECT * FROM public.orders ORDER BY id") == expected
 
 
 def test_replay_is_skipped_and_heartbeats_move_the_position(tmp_path: Path) -> None:
@@ -224,6 +234,26 @@ def test_table_without_key_is_refused(tmp_path: Path) -> None:
     write_all(duckdb_sink("duckdb", path, job="j"),
               ChangeBatch(Position(100), [table(USERS, [("m", tx(1), 1, 0, None, (b"x",))])]))
     assert rows(path, "SELECT position FROM _cdc_checkpoints") == [('{"commit":100}',)]
+
+
+@pytest.mark.parametrize("column", ["_cdc_op", "_cdc_deleted", "_CDC_OP"])
+def test_a_reserved_column_name_is_refused(tmp_path: Path, column: str) -> None:
+    """A source column named _cdc_* (any case) stops the sink with one non-retryable line naming job, sink, table
+    and column; nothing of the batch is written and the position stays."""
+    from cdc.columnar import ReservedColumnError
+
+    schema = TableSchema(TableId("shop", "public", "t"), (Column("id", "int4", pg.INT4, key=True),
+                                                          Column(column, "text", pg.TEXT)))
+    path = tmp_path / "w.duckdb"
+    batch = ChangeBatch(Position(200), [*orders(("c", tx(2), 1, 0, None, (b"1", b"1", b"a"))),
+                                        table(schema, [("c", tx(2), 2, 0, None, (b"1", b"x"))])])
+    with pytest.raises(ReservedColumnError, match=(
+            rf"^job j: duckdb sink duckdb: table public\.t has a column named {column}, but names starting with "
+            r"_cdc_ are reserved")) as caught:
+        write_all(duckdb_sink("duckdb", path, job="j", soft_deletes=True), batch)
+    assert not caught.value.retryable
+    assert rows(path, "SELECT count(*) FROM _cdc_checkpoints") == [(0,)]
+    assert rows(path, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'orders'") == [(0,)]
 
 
 def test_target_names_map_schema_and_table(tmp_path: Path) -> None:

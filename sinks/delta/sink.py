@@ -9,7 +9,8 @@ escaped by `path_segment`, so no source name can leave `path`), on a local disk 
   `_cdc_commit_ts`, `_cdc_tx_id` (cdc/columnar.py), optionally partitioned.
 - ``mirror`` keeps a table equal to the source: each batch is reduced to the last change
   per key, then applied with one MERGE (delete, update, insert); unchanged (TOASTed)
-  columns keep their stored value; a truncate empties the table first.
+  columns keep their stored value (read before the MERGE for a row an update of the key
+  moved: the value is stored under the old key); a truncate empties the table first.
 
 **Exactly once.** Every commit that writes a table's changes carries two Delta
 application transactions, ``<app>#commit`` and ``<app>#seq`` (app = job, sink and
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -41,7 +43,17 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from deltalake.schema import Field as DeltaField
 
 from cdc.checkpoints import StoredPosition
-from cdc.columnar import COMMIT_TS, OP, POSITION, changelog_table, holds_rows, keep_column, mirror_steps
+from cdc.columnar import (
+    COMMIT_TS,
+    OP,
+    POSITION,
+    changelog_table,
+    holds_rows,
+    keep_column,
+    mirror_steps,
+    origin_column,
+    refuse_reserved_columns,
+)
 from cdc.config import DeltaSinkConfig
 from cdc.errors import CdcError, SinkError, SinkWriteError, first_line
 from cdc.events import WHOLE_TRANSACTION, ChangeBatch, Position, TableChanges, Transaction
@@ -149,6 +161,9 @@ class DeltaSink:
     async def write(self, batch: ChangeBatch) -> None:
         if self._position is not None and batch.position <= self._position:
             return
+        for tc in batch.tables:  # before any table is written
+            if holds_rows(tc):
+                refuse_reserved_columns(tc.schema, self.where)
         last_of: dict[str, int] = {str(tc.schema.table): i for i, tc in enumerate(batch.tables)}
         for i, tc in enumerate(batch.tables):
             last = tc.last
@@ -156,13 +171,29 @@ class DeltaSink:
                 continue
             name = str(tc.schema.table)
             reach = batch.position if last_of[name] == i else Position(last[0].commit, last[1])
-            await asyncio.to_thread(self._write_table, tc, reach)
+            await self._in_thread(self._write_table, tc, reach)
         self._position = batch.position
         if self._maintenance_due():
-            await asyncio.to_thread(self._maintain)
+            await self._in_thread(self._maintain)
 
     async def close(self) -> None:
         self._tables.clear()
+
+    async def _in_thread(self, work: Callable[..., None], *args: Any) -> None:
+        """Run blocking deltalake `work` in a worker thread, a panic of deltalake turned into a `SinkError`.
+
+        deltalake reports a panic of its Rust code as pyo3's ``PanicException``, a ``BaseException``
+        that would pass every ``except Exception`` up to the daemon and end the job without a
+        word. Its cause does not go away by retrying, so the error is not retryable.
+        """
+        try:
+            await asyncio.to_thread(work, *args)
+        except BaseException as err:
+            if type(err).__name__ != "PanicException":
+                raise
+            self._tables.clear()  # reload every table from storage on the next run
+            raise SinkError(f"{self.where}: deltalake failed with a panic: {first_line(err)}; retrying cannot help: "
+                            "report it with the log") from err
 
     # -- one table ----------------------------------------------------------------------
 
@@ -303,10 +334,11 @@ class DeltaSink:
             incoming = delta_schema(changes.select(columns).schema)
             target = self._evolve(t, incoming)
             assert t.delta is not None
-            flags = [n for n in changes.column_names if n.startswith("_cdc_keep_")]
+            flags = [keep_column(i) for i in range(len(data_names)) if keep_column(i) in changes.column_names]
             source = conform(changes.select(columns), pa.schema([target.field(n) for n in columns]), self._clamped(t))
             for n in flags:
                 source = source.append_column(n, changes.column(n))
+            source = self._fill_moved(t, source, changes, data_names, key)
             source = source.append_column(OP, changes.column(OP))
             keep = {keep_column(i): n for i, n in enumerate(data_names)}
             kept_by = {keep[f]: f for f in flags}
@@ -328,6 +360,46 @@ class DeltaSink:
                 .execute()
             )
             t.delta.update_incremental()
+
+    def _fill_moved(self, t: _Table, source: pa.Table, changes: pa.Table, data_names: list[str],
+                    key: list[str]) -> pa.Table:
+        """`source` with the kept values of moved rows filled in from the table, their flags cleared.
+
+        A row an update of the key moved keeps its unchanged values from the stored row of the
+        key it came from (`cdc.columnar.MirrorStep`), which the MERGE, matching on the new key,
+        cannot see: read those rows first (the table as of before this step). Moves are rare,
+        so this walks the moved rows in Python; the common step has no origin columns and
+        returns at once.
+        """
+        origins = [origin_column(data_names.index(k)) for k in key]
+        if origins[0] not in changes.column_names:
+            return source
+        assert t.delta is not None
+        moved = pc.is_valid(changes.column(origins[0]))
+        rows = pc.indices_nonzero(moved).to_pylist()
+        types = [source.schema.field(k).type for k in key]
+        wanted = list(zip(*(changes.column(o).take(rows).cast(ty).to_pylist()
+                            for o, ty in zip(origins, types, strict=True)), strict=True))
+        kept = [(i, n) for i, n in enumerate(data_names) if keep_column(i) in source.column_names]
+        where = None
+        for k, ty, values in zip(key, types, zip(*wanted, strict=True), strict=True):
+            part = pc.field(k).isin(pa.array(sorted(set(values)), ty))
+            where = part if where is None else where & part
+        stored = t.delta.to_pyarrow_dataset().to_table(columns=[*key, *(n for _, n in kept)], filter=where)
+        found = {k: j for j, k in enumerate(zip(*(stored.column(k).to_pylist() for k in key), strict=True))}
+        at: list[int | None] = [None] * source.num_rows
+        for r, origin in zip(rows, wanted, strict=True):
+            at[r] = found.get(origin)
+        picks = pa.array(at, pa.int64())
+        for i, n in kept:
+            flag = source.column(keep_column(i))
+            use = pc.and_(flag, moved)
+            column = source.schema.get_field_index(n)
+            value = stored.column(n).take(picks).cast(source.schema.field(n).type)
+            source = source.set_column(column, source.schema.field(n), pc.if_else(use, value, source.column(n)))
+            flag_at = source.schema.get_field_index(keep_column(i))
+            source = source.set_column(flag_at, source.schema.field(flag_at), pc.and_(flag, pc.invert(moved)))
+        return source
 
     def _may_append(self, t: _Table, snapshot: Transaction) -> bool:
         """True when a block of `snapshot` can be appended to the mirror instead of merged.

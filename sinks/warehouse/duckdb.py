@@ -12,6 +12,7 @@ file from another process only after stopping it, or ``ATTACH`` a copy.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -26,6 +27,20 @@ from sinks.warehouse.schema import DUCKDB, TargetNames
 
 #: The name the staged Arrow table is registered under.
 STAGE: Final = "_cdc_stage"
+#: One lock per database file (by resolved path) for the sinks of this process: a sink holds its
+#: file's lock from `DuckDBEngine.begin` to the commit or rollback. DuckDB lets one process write a
+#: file and detects conflicts between its connections only at commit (two jobs creating
+#: ``_cdc_checkpoints`` or a schema at once: ``Catalog write-write conflict``), so the sinks
+#: sharing a file take turns per transaction.
+_FILE_LOCKS: dict[str, threading.Lock] = {}
+_FILE_LOCKS_GUARD: Final = threading.Lock()
+
+
+def _file_lock(path: Path) -> threading.Lock:
+    with _FILE_LOCKS_GUARD:
+        return _FILE_LOCKS.setdefault(str(path.resolve()), threading.Lock())
+
+
 #: Arrow holds PostgreSQL's -infinity as the lowest value of the storage (docs/types.md);
 #: DuckDB's -infinity is one above it, and it rejects the lowest value itself.
 _NEG_INFINITY: Final = {
@@ -50,6 +65,8 @@ class DuckDBEngine:
         if threads is not None:
             self._settings["threads"] = threads
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._lock = _file_lock(path)
+        self._locked = False
 
     def describe(self) -> str:
         return str(self.path)
@@ -75,17 +92,38 @@ class DuckDBEngine:
         return self.con.execute(statement.as_string(None), list(params)).fetchall()
 
     def begin(self) -> None:
-        self.con.begin()
+        con = self.con
+        self._lock.acquire()
+        self._locked = True
+        try:
+            con.begin()
+        except BaseException:
+            self._release()
+            raise
 
     def commit(self) -> None:
-        self.con.commit()
+        try:
+            self.con.commit()
+        finally:
+            self._release()
+
+    def lock_catalog(self) -> None:
+        """Nothing more to do: `begin` took the file's lock for the whole transaction."""
 
     def rollback(self) -> None:
-        if self._con is not None:
-            with contextlib.suppress(duckdb.Error):  # no transaction open: nothing to undo
-                self._con.rollback()
-            with contextlib.suppress(duckdb.Error):  # registrations are not transactional
-                self._con.unregister(STAGE)
+        try:
+            if self._con is not None:
+                with contextlib.suppress(duckdb.Error):  # no transaction open: nothing to undo
+                    self._con.rollback()
+                with contextlib.suppress(duckdb.Error):  # registrations are not transactional
+                    self._con.unregister(STAGE)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._locked:
+            self._locked = False
+            self._lock.release()
 
     def columns(self, schema: str, table: str) -> dict[str, str] | None:
         rows = self.con.execute(
@@ -104,6 +142,7 @@ class DuckDBEngine:
         self.con.unregister(STAGE)
 
     def close(self) -> None:
+        self._release()
         if self._con is not None:
             con, self._con = self._con, None
             con.close()

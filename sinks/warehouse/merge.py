@@ -3,12 +3,16 @@
 A batch becomes durable in one database transaction per batch:
 
 1. per table of the batch (`TableChanges`): create the target table if missing, add new
-   columns and widen changed ones (`sinks.warehouse.schema`);
+   columns and widen changed ones (`sinks.warehouse.schema`);  creating tables (also
+   ``_cdc_checkpoints`` at `open`) runs under `Engine.lock_catalog`, so jobs that share a
+   target database or file can start together;
 2. per `MirrorStep` of that table (`cdc.columnar.mirror_steps`: the last change per key
    after the last truncate): empty the table if the step truncates, load the step's Arrow
    table into a staging relation (`Engine.stage`), then DELETE every staged key from the
    target and INSERT the staged rows that are not deletes. Columns the source did not send
-   (unchanged TOAST) take the target's stored value through a LEFT JOIN first;
+   (unchanged TOAST) take the target's stored value through a LEFT JOIN first, on the
+   row's own key or, for a row an update of the key moved, on the key it came from
+   (before that key's delete runs);
 3. upsert this sink's row of ``_cdc_checkpoints`` (job, sink, position) and commit.
 
 A crash anywhere before the commit leaves the target as it was, position included; on
@@ -32,7 +36,7 @@ import pyarrow as pa
 import structlog
 from psycopg import sql
 
-from cdc.columnar import OP, holds_rows, keep_column, mirror_steps
+from cdc.columnar import OP, holds_rows, keep_column, mirror_steps, origin_column, refuse_reserved_columns
 from cdc.errors import CdcError, CheckpointError, SinkError, SinkWriteError, first_line
 from cdc.events import ChangeBatch, Position, TableChanges, TableSchema
 from sinks.warehouse.schema import Change, Dialect, TargetNames, evolve
@@ -74,9 +78,18 @@ class Engine(Protocol):
 
     def query(self, statement: sql.Composed, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
 
-    def begin(self) -> None: ...
+    def begin(self) -> None:
+        """Open a transaction (DuckDB: wait until no other sink of this process has one open on the file)."""
+        ...
 
     def commit(self) -> None: ...
+
+    def lock_catalog(self) -> None:
+        """Inside the open transaction, before creating tables or schemas: wait until no other sink that
+        writes this target (another job of this daemon, another daemon) is doing so; held until the
+        transaction ends. Two sinks then never race ``CREATE ... IF NOT EXISTS`` of one name
+        (PostgreSQL fails one with a duplicate key in its catalog, DuckDB with a write-write conflict)."""
+        ...
 
     def rollback(self) -> None:
         """Abandon the open transaction, if any; never raises."""
@@ -151,6 +164,7 @@ class WarehouseSink:
         try:
             engine.connect()
             engine.begin()
+            engine.lock_catalog()
             engine.execute(self._checkpoint_ddl())
             rows = engine.query(
                 sql.SQL("SELECT position FROM {} WHERE job = {p} AND sink = {p}").format(
@@ -162,6 +176,9 @@ class WarehouseSink:
             engine.rollback()
             raise SinkWriteError(
                 f"{self._what()}: cannot open {engine.describe()}: {first_line(err)}") from err
+        except BaseException:
+            engine.rollback()  # also ends the transaction's hold on the target (`Engine.lock_catalog`)
+            raise
         if rows:
             try:
                 self._position = Position.from_json(orjson.loads(rows[0][0]))
@@ -188,6 +205,9 @@ class WarehouseSink:
         batch = batch.after(self._position)
         if self._position is not None and batch.position <= self._position:
             return
+        for tc in batch.tables:
+            if holds_rows(tc):
+                refuse_reserved_columns(tc.schema, self._what())
         engine = self.engine
         try:
             engine.begin()
@@ -310,6 +330,7 @@ class WarehouseSink:
             columns[DELETED], columns[SYNCED_AT] = "BOOLEAN", stamp
         if self.primary_key:
             parts.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, tc.schema.key))))
+        engine.lock_catalog()  # another job may be creating this schema or table right now
         exists = engine.query(sql.SQL(
             "SELECT count(*) FROM information_schema.schemata WHERE catalog_name = current_database() "
             "AND schema_name = {p}").format(p=engine.placeholder), (schema_name,))
@@ -372,19 +393,22 @@ class WarehouseSink:
         engine = self.engine
         names = list(schema.names)
         keeps = {i: keep_column(i) for i in range(len(names)) if keep_column(i) in changes.column_names}
+        origins = {n: origin_column(i) for i, n in enumerate(names) if origin_column(i) in changes.column_names}
         # A failure leaves the staged rows to the rollback (unstaging in an aborted
         # PostgreSQL transaction would fail and hide the first error).
-        staged = engine.stage(changes.select([*names, OP, *keeps.values()]))
+        staged = engine.stage(changes.select([*names, OP, *keeps.values(), *origins.values()]))
         on = sql.SQL(" AND ").join(
             sql.SQL("t.{k} = s.{k}").format(k=sql.Identifier(k)) for k in schema.key)
         data = sql.SQL(", ").join(map(sql.Identifier, names))
-        if engine.merge:
-            self._merge_statement(target, schema, staged, keeps, on)
-            engine.unstage()
-            return
+        filled = bool(keeps) and (bool(origins) or not engine.merge)
         rows = staged
-        if keeps:
-            # Fill unchanged values from the target before the DELETE removes them.
+        if filled:
+            # Fill unchanged values from the target before the DELETE (or MERGE) removes them: from
+            # the row's own key, or from the key an update of the key moved it from.
+            stored = sql.SQL(" AND ").join(
+                sql.SQL("t.{k} = COALESCE(s.{o}, s.{k})").format(k=sql.Identifier(k), o=sql.Identifier(origins[k]))
+                if k in origins else sql.SQL("t.{k} = s.{k}").format(k=sql.Identifier(k))
+                for k in schema.key)
             exprs = [
                 sql.SQL("CASE WHEN s.{keep} THEN t.{c} ELSE s.{c} END AS {c}").format(
                     keep=sql.Identifier(keeps[i]), c=sql.Identifier(n))
@@ -393,10 +417,16 @@ class WarehouseSink:
             ]
             engine.execute(sql.SQL(
                 "CREATE TEMPORARY TABLE {rows} AS SELECT s.{op}, {exprs} FROM {staged} AS s "
-                "LEFT JOIN {t} AS t ON {on}"
+                "LEFT JOIN {t} AS t ON {stored}"
             ).format(rows=sql.Identifier(_ROWS), op=sql.Identifier(OP), exprs=sql.SQL(", ").join(exprs),
-                     staged=staged, t=target.relation, on=on))
+                     staged=staged, t=target.relation, stored=stored))
             rows = sql.Identifier(_ROWS)
+        if engine.merge:
+            self._merge_statement(target, schema, rows, {} if filled else keeps, on)
+            if filled:
+                engine.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(_ROWS)))
+            engine.unstage()
+            return
         fmt = {"t": target.relation, "rows": rows, "on": on, "op": sql.Identifier(OP), "data": data,
                "deleted": sql.Identifier(DELETED), "synced": sql.Identifier(SYNCED_AT)}
         if self.soft_deletes:
@@ -412,6 +442,6 @@ class WarehouseSink:
             engine.execute(sql.SQL("DELETE FROM {t} AS t USING {rows} AS s WHERE {on}").format(**fmt))
             engine.execute(sql.SQL(
                 "INSERT INTO {t} ({data}) SELECT {data} FROM {rows} AS s WHERE s.{op} <> 'd'").format(**fmt))
-        if keeps:
+        if filled:
             engine.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(_ROWS)))
         engine.unstage()

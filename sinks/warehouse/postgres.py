@@ -28,6 +28,9 @@ from sinks.warehouse.schema import POSTGRES, TargetNames
 STAGE: Final = "_cdc_stage"
 #: The first server version with MERGE.
 MERGE_VERSION: Final = 150000
+#: The transaction-level advisory lock (``pg_advisory_xact_lock``) every cdc warehouse sink of a
+#: target database takes before creating tables or schemas in it: the bytes of ``cdc:ddl``.
+DDL_LOCK: Final = int.from_bytes(b"cdc:ddl", "big")
 
 #: PostgreSQL names (for COPY's binary types) of the Arrow types staged as themselves.
 _COPY_TYPES: Final = {
@@ -96,6 +99,9 @@ class PostgresEngine:
 
     def commit(self) -> None:
         self.conn.execute("COMMIT")
+
+    def lock_catalog(self) -> None:
+        self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (DDL_LOCK,))
 
     def rollback(self) -> None:
         conn = self._conn
