@@ -51,6 +51,7 @@ from cdc.errors import (
     first_line,
 )
 from cdc.events import (
+    UNCHANGED,
     ChangeBatch,
     Column,
     Position,
@@ -133,6 +134,21 @@ class _Relation:
 
 
 _NO_TS = datetime.min.replace(tzinfo=UTC)
+
+
+def with_old_values(msg: Update) -> RawRow:
+    """The new row of `msg` with every unchanged (TOASTed, not sent) value taken from the old row
+    when the old row is a full image (REPLICA IDENTITY FULL, ``'O'``), also when the key changed.
+
+    pgoutput marks a TOASTed value the update did not touch as 'u' in the new tuple; under FULL
+    the old tuple carries it detoasted, so the event's `after` (and every sink) gets the real
+    value and `unchanged` does not name the column. Under DEFAULT or USING INDEX the old tuple
+    holds key columns only: the value stays `UNCHANGED`.
+    """
+    new, old = msg.new, msg.old
+    if msg.old_kind != "O" or old is None or len(old) != len(new) or not any(v is UNCHANGED for v in new):
+        return new
+    return tuple(o if v is UNCHANGED else v for v, o in zip(new, old, strict=True))
 
 
 class PostgresSource:
@@ -621,7 +637,7 @@ class PostgresSource:
         if isinstance(msg, Insert):
             changes = [("c", self._relations[msg.relation_oid], None, msg.new)]
         elif isinstance(msg, Update):
-            changes = [("u", self._relations[msg.relation_oid], msg.old, msg.new)]
+            changes = [("u", self._relations[msg.relation_oid], msg.old, with_old_values(msg))]
         elif isinstance(msg, Delete):
             changes = [("d", self._relations[msg.relation_oid], msg.old, None)]
         elif isinstance(msg, Truncate):
