@@ -376,11 +376,13 @@ class InitialSnapshot:
     reader, no Python work per value), so a worker costs one message read per row in Python
     and the rest runs in C++ outside the interpreter lock. `run` fills `queue` with
     `ChunkRows` carrying blocks (bounded: workers wait while the source is busy) and puts
-    None when every chunk is read.
+    None when it ends, whether every chunk was read or a worker failed: the consumer then
+    learns which from `run`'s result (it raises the worker's error, naming the table).
     """
 
     def __init__(self, conninfo: str, snapshot_name: str, tables: list[SnapshotTable], workers: int,
-                 connect_timeout: int) -> None:
+                 connect_timeout: int, where: str = "postgres") -> None:
+        self._where = where
         self._conninfo = conninfo
         self._snapshot = snapshot_name
         self.tables = tables
@@ -402,11 +404,13 @@ class InitialSnapshot:
                 conns.append(await asyncio.to_thread(self._connect))
             self.imported.set()
             working = True  # from here on each worker thread closes its own connection
+            # The first failure ends the snapshot: the other workers see `_stopping` (gather
+            # retrieves what they raise then).
             await asyncio.gather(*(asyncio.to_thread(self._work, conn, todo, loop) for conn in conns))
         except psycopg.OperationalError as err:
-            raise SourceConnectionError(f"snapshot: {first_line(err)}") from err
+            raise SourceConnectionError(f"{self._where}: snapshot: {first_line(err)}") from err
         except psycopg.Error as err:
-            raise SourceSetupError(f"snapshot: {first_line(err)}") from err
+            raise SourceSetupError(f"{self._where}: snapshot failed: {first_line(err)}") from err
         finally:
             self._stopping.set()
             for conn in conns:
@@ -415,7 +419,9 @@ class InitialSnapshot:
                 elif not conn.closed:
                     with contextlib.suppress(psycopg.Error):
                         conn.cancel_safe(timeout=2)  # stop a COPY still running in a worker thread
-        await self.queue.put(None)
+            # The end mark goes out in every case: a consumer waiting on the queue must not hang
+            # when a worker failed (it reads this task's result after the mark).
+            await self.queue.put(None)
 
     def _connect(self) -> psycopg.Connection[Any]:
         conn = psycopg.connect(self._conninfo, autocommit=True, options=SESSION_OPTIONS, client_encoding="UTF8",
@@ -441,14 +447,29 @@ class InitialSnapshot:
                 t, chunk = todo.popleft()
             except IndexError:
                 return
-            width = len(t.schema.columns)
-            if width == 0:  # a table without columns: COPY text gives one empty line per row
-                for lines in copy_out(conn, t.copy_query(chunk), self._block_bytes, self._stopping):
-                    self._hand_over(loop, ChunkRows(t, chunk, [() for _ in range(lines.count(b"\n"))], last=False))
-            else:
-                for data in copy_out(conn, t.copy_query(chunk, csv=True), self._block_bytes, self._stopping):
-                    self._hand_over(loop, ChunkRows(t, chunk, [], last=False, block=parse_csv_block(data, width)))
-            self._hand_over(loop, ChunkRows(t, chunk, [], last=True))
+            try:
+                self._copy_chunk(conn, t, chunk, loop)
+            except psycopg.OperationalError as err:
+                raise SourceConnectionError(f"{self._where}: snapshot of {t.name}: {first_line(err)}") from err
+            except psycopg.errors.InsufficientPrivilege as err:
+                raise SourceSetupError(
+                    f"{self._where}: snapshot of {t.name} refused: {first_line(err)} "
+                    f"(grant SELECT on {t.name} to the job's role)"
+                ) from err
+            except psycopg.Error as err:
+                raise SourceSetupError(f"{self._where}: snapshot of {t.name} failed: {first_line(err)}") from err
+
+    def _copy_chunk(self, conn: psycopg.Connection[Any], t: SnapshotTable, chunk: Chunk,
+                    loop: asyncio.AbstractEventLoop) -> None:
+        """Copy one chunk, handing its blocks over and then its end mark."""
+        width = len(t.schema.columns)
+        if width == 0:  # a table without columns: COPY text gives one empty line per row
+            for lines in copy_out(conn, t.copy_query(chunk), self._block_bytes, self._stopping):
+                self._hand_over(loop, ChunkRows(t, chunk, [() for _ in range(lines.count(b"\n"))], last=False))
+        else:
+            for data in copy_out(conn, t.copy_query(chunk, csv=True), self._block_bytes, self._stopping):
+                self._hand_over(loop, ChunkRows(t, chunk, [], last=False, block=parse_csv_block(data, width)))
+        self._hand_over(loop, ChunkRows(t, chunk, [], last=True))
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop, item: ChunkRows) -> None:
         """Put `item` on the queue from a worker thread, waiting while it is full; give up on stop."""

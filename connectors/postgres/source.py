@@ -254,6 +254,7 @@ class PostgresSource:
             initial = mode == "initial_only" or ((mode == "initial" or recreate) and slot is None)
             if initial or mode == "initial":
                 pending = [t for t in tables if not self._progress.is_done(f"{t[0]}.{t[1]}")]
+                await catalog.check_select(conn, pending, self.where)
                 planned = await describe_tables(conn, self.name, pending, self._types, self._chunk_rows)
                 for t in planned:
                     self._progress.start(t)
@@ -335,7 +336,8 @@ class PostgresSource:
             raise SourceUnreachableError(f"{self.where}: cannot create slot {cfg.slot}: {first_line(err)}") from err
         assert row is not None
         consistent_point, snapshot_name = parse_lsn(str(row[1])), str(row[2])
-        reader = InitialSnapshot(self._conninfo, snapshot_name, tables, self._snapshot_workers, cfg.connect_timeout_s)
+        reader = InitialSnapshot(self._conninfo, snapshot_name, tables, self._snapshot_workers, cfg.connect_timeout_s,
+                                 self.where)
         return reader, conn, consistent_point
 
     async def _export_snapshot(
@@ -350,7 +352,7 @@ class PostgresSource:
         row = await cur.fetchone()
         assert row is not None
         reader = InitialSnapshot(self._conninfo, str(row[0]), tables, self._snapshot_workers,
-                                 self._config.connect_timeout_s)
+                                 self._config.connect_timeout_s, self.where)
         return reader, leader, int(row[1])
 
     # -- streaming --------------------------------------------------------------------
@@ -777,6 +779,7 @@ class PostgresSource:
             raise SourceSetupError(f"{self._request_path}: unreadable snapshot request ({err})") from err
         names = [str(n) for n in doc.get("tables") or []] or [f"{s}.{t}" for s, t in self._publication_tables]
         pairs = await catalog.select_tables(conn, names, [], self.where)
+        await catalog.check_select(conn, pairs, self.where)
         missing = [p for p in pairs if p not in self._publication_tables]
         if missing:
             await catalog.ensure_publication(conn, self._config.publication, missing, self.where)
