@@ -386,7 +386,12 @@ class PostgresSource:
             last_yielded = position
             return self._cut(b, position)
 
+        me = asyncio.current_task()
         while not stop.is_set():
+            if me is not None and me.cancelling():
+                # A cancel that an inner await swallowed (PITFALLS.md): stop reading now, so the
+                # replication connection closes and a stopping server is not held up by replies.
+                raise asyncio.CancelledError
             if snapshotting is not None and snapshotting.done():
                 snapshotting.result()  # raises what the snapshot raised
                 snapshotting = self._snapshot = None
