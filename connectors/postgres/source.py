@@ -256,8 +256,9 @@ class PostgresSource:
                 pending = [t for t in tables if not self._progress.is_done(f"{t[0]}.{t[1]}")]
                 await catalog.check_select(conn, pending, self.where)
                 planned = await describe_tables(conn, self.name, pending, self._types, self._chunk_rows)
+                held = (resume_from.commit, resume_from.seq) if resume_from is not None else None
                 for t in planned:
-                    self._progress.start(t)
+                    self._progress.start(t, held)
                     metrics.snapshot_chunks_planned(self.name, t.name).set(len(t.chunks))
                 self._progress.save()
             else:
@@ -525,7 +526,7 @@ class PostgresSource:
             b = OpenBatch()
             seq = 0
             shown = time.monotonic()
-            while (item := await reader.queue.get()) is not None:
+            while (item := await reader.next_item(reading)) is not None:
                 t = item.table
                 rel = rels.get(t.name)
                 if rel is None:
@@ -540,6 +541,8 @@ class PostgresSource:
                     rel.append = None
                     seq += count
                     b.nbytes += item.block.nbytes
+                    if item.last_ctid is not None:
+                        self._progress.piece(t, tx.commit, item.chunk.number, seq, item.last_ctid, count)
                 elif item.rows:
                     append = rel.append or b.segment(rel)
                     for row in item.rows:
@@ -552,13 +555,16 @@ class PostgresSource:
                 if item.last:
                     rows = chunk_rows.pop((item.chunk.number, t.name), 0)
                     self._chunk_marks.append((tx.position(seq), t, item.chunk.number, rows))
+                    self._progress.piece(t, tx.commit, item.chunk.number, seq, None, 0)
                 if b.full(policy.max_events, policy.max_bytes):
+                    self._progress.save()  # what the batch holds, before any sink has it
                     yield self._cut(b, tx.position(seq))
                 if time.monotonic() - shown >= 2:
                     self._show_progress(reader.tables)
                     shown = time.monotonic()
                 if stop.is_set():
                     break
+            self._progress.save()
             if not stop.is_set():
                 reading.result()
                 self._show_progress(reader.tables)
