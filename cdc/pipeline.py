@@ -11,6 +11,7 @@ than every sink holds, never backwards.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -108,7 +109,9 @@ class Pipeline:
         """Open sinks, start the source at their minimum position, move batches until stopped.
 
         Any error stops both sides and propagates (the daemon decides on retry); sources
-        and sinks are closed in every case.
+        and sinks are closed in every case, but never under a write still running (a sink
+        write in a worker thread ends first), and an error while closing never hides the
+        error that stopped the job.
         """
         try:
             for sink in self.sinks:
@@ -132,10 +135,23 @@ class Pipeline:
                     task.cancel()
                 await asyncio.gather(producer, consumer, return_exceptions=True)
         finally:
-            await self.source.close()
-            for sink in self.sinks:
-                await sink.close()
+            await self._close(failing=sys.exc_info()[1] is not None)
         self._log.info("job_stopped", events=self.stats.events, position=str(self.stats.acknowledged))
+
+    async def _close(self, *, failing: bool) -> None:
+        """Close the source, then every sink; with `failing` (an error is on its way to the
+        supervisor) a close error is logged instead of replacing it."""
+        first: Exception | None = None
+        for name, close in [("source", self.source.close), *((s.name, s.close) for s in self.sinks)]:
+            try:
+                await close()
+            except Exception as err:
+                if not failing and first is None:
+                    first = err
+                else:
+                    self._log.warning("close_failed", side=name, error_class=type(err).__name__)
+        if first is not None:
+            raise first
 
     async def _produce(self, stop: asyncio.Event) -> None:
         try:
@@ -147,10 +163,18 @@ class Pipeline:
     async def _consume(self) -> None:
         last_log = time.monotonic()
         while (batch := await self._buffer.get()) is not None:
-            # Wait for every write to end before raising, so no sink is closed mid-write.
+            # Wait for every write to end before raising, so no sink is closed mid-write; also
+            # when cancelled (the source failed): a write in a worker thread cannot be
+            # cancelled, and closing its sink under it would replace the source's error.
             ops = metrics.batch_ops(batch)
-            results = await asyncio.gather(*(self._write(sink, batch, ops) for sink in self.sinks),
-                                           return_exceptions=True)
+            writes = asyncio.gather(*(self._write(sink, batch, ops) for sink in self.sinks),
+                                    return_exceptions=True)
+            try:
+                results = await asyncio.shield(writes)
+            except asyncio.CancelledError:
+                self._log.info("sink_writes_finishing", sinks=[s.name for s in self.sinks])
+                await asyncio.wait({writes})  # a second cancel (shutdown grace over) ends this wait
+                raise
             for result in results:
                 if isinstance(result, BaseException):
                     raise result

@@ -8,6 +8,7 @@ with a ``SELECT`` of the source, row by row, with values in the documented JSON 
 
 from __future__ import annotations
 
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -168,4 +169,29 @@ def test_replica_identity_decides_the_before_image(
         ("u", old(1, "one", 10) if identity == "full" else None, {"id": 1, "body": "one", "n": 11}),
         ("u", old(2, "two", 20), {"id": 4, "body": "two", "n": 20}),
         ("d", old(1, "one", 11), None),
+    ]
+
+
+def test_full_identity_fills_unchanged_toast_from_the_old_row(
+    pg: PgDatabase, tmp_path: Path, daemons: Daemons
+) -> None:
+    """REPLICA IDENTITY FULL: an unchanged TOASTed value is written in `after` (from `before`), never the
+    unavailable placeholder, for an update of another column and for a key change."""
+    pg.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, n int)")
+    pg.execute("ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL")  # TOASTed, not compressed
+    pg.execute("ALTER TABLE docs REPLICA IDENTITY FULL")
+    files, _ = make_job(pg, tmp_path)
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    daemon.wait_for("replication_started")
+    body = secrets.token_hex(5_000)  # 10 kB of random hex: TOASTed out of line
+    pg.execute("INSERT INTO docs VALUES (1, %s, 0)", (body,))
+    pg.execute("UPDATE docs SET n = 1 WHERE id = 1")
+    pg.execute("UPDATE docs SET id = 2, n = 2 WHERE id = 1")
+    wait_until(lambda: len(_changes(files, "public.docs")) == 3, CATCH_UP_S, "three events of docs")
+    assert daemon.terminate(10.0) == 0
+    assert_clean_log(daemon)
+    assert _changes(files, "public.docs") == [
+        ("c", None, {"id": 1, "body": body, "n": 0}),
+        ("u", {"id": 1, "body": body, "n": 0}, {"id": 1, "body": body, "n": 1}),
+        ("u", {"id": 1, "body": body, "n": 1}, {"id": 2, "body": body, "n": 2}),
     ]

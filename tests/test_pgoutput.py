@@ -41,6 +41,7 @@ from connectors.postgres.pgoutput import (
     pg_timestamp_to_datetime,
     standby_status_update,
 )
+from connectors.postgres.source import with_old_values
 
 LSN = 0x16B3748
 LSN_TEXT = "0/16B3748"
@@ -302,6 +303,18 @@ def test_tuple_kinds() -> None:
     row: RawRow = (None, UNCHANGED, b"text", b"\x00\x01\xff")
     data = b"xx" + enc_tuple(row, kinds="nutb") + b"rest"
     assert decode_tuple(data, 2, LSN) == (row, len(data) - 4)
+
+
+def test_unchanged_values_come_from_a_full_old_row() -> None:
+    """Under REPLICA IDENTITY FULL an unchanged (TOASTed) value of the new row is the old row's value,
+    also when the key changes; a key-only old row leaves it UNCHANGED."""
+    body = b"x" * 10_000
+    update = decode_message(encode(Update(None, 7, (b"1", body, b"0"), "O", (b"2", UNCHANGED, b"5"))), LSN)
+    assert isinstance(update, Update)
+    assert with_old_values(update) == (b"2", body, b"5")
+    keyed = Update(None, 7, (b"1", None, None), "K", (b"2", UNCHANGED, b"5"))
+    assert with_old_values(keyed) == (b"2", UNCHANGED, b"5")
+    assert with_old_values(Update(None, 7, None, None, (b"1", UNCHANGED, b"5"))) == (b"1", UNCHANGED, b"5")
 
 
 def test_tuple_empty_and_unicode() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
@@ -377,3 +378,50 @@ def test_no_sink_is_closed_while_its_write_runs() -> None:
     with pytest.raises(SinkWriteError):
         run(FakeSource([batch(100)]), [SlowSink("slow"), FakeSink("bad", fail_on=1)])
     assert timeline == ["write started", "write done", "close"]
+
+
+class ThreadedSink(FakeSink):
+    """Writes in a worker thread that runs until released; `close` under a running write raises
+    (as DuckDB's ResourceInUseException does)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.started = asyncio.Event()
+        self.release = threading.Event()
+        self.running = False
+
+    async def write(self, b: ChangeBatch) -> None:
+        loop = asyncio.get_running_loop()
+
+        def apply() -> None:
+            self.running = True
+            loop.call_soon_threadsafe(self.started.set)
+            self.release.wait(5)
+            self.running = False
+
+        await asyncio.to_thread(apply)
+        self.written.append(b)
+
+    async def close(self) -> None:
+        if self.running:
+            raise RuntimeError("close under a running write")
+        await super().close()
+
+
+def test_source_failure_waits_for_a_threaded_write_before_closing_sinks() -> None:
+    """The source fails while a sink applies a batch in a worker thread: the pipeline lets the write
+    end before closing the sink, and the source's retryable error is what propagates."""
+    sink = ThreadedSink("duck")
+
+    class FailingSource(FakeSource):
+        async def batches(self, policy: BatchPolicy, stop: asyncio.Event) -> AsyncIterator[ChangeBatch]:
+            yield batch(100)
+            await sink.started.wait()
+            asyncio.get_running_loop().call_later(0.05, sink.release.set)
+            raise SourceConnectionError("replication connection lost")
+
+    source = FailingSource([])
+    with pytest.raises(SourceConnectionError, match="replication connection lost"):
+        asyncio.run(Pipeline("job", source, [sink], BatchPolicy(), MemoryCheckpoints()).run(asyncio.Event()))
+    assert sink.closed == 1 and source.closed == 1
+    assert not sink.running

@@ -139,6 +139,38 @@ async def ensure_publication(
         ) from err
 
 
+async def check_select(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], tables: Sequence[tuple[str, str]], where: str
+) -> None:
+    """The role must be allowed to read every table a snapshot will copy (called before any slot
+    exists, so a missing grant costs nothing to fix).
+
+    SELECT on the table, or on each of its columns, is enough. Raises `SourceSetupError`
+    naming the first table it cannot read and the GRANT that fixes it.
+    """
+    if not tables:
+        return
+    cur = await conn.execute(
+        "SELECT t.schema_name, t.table_name, current_user FROM unnest(%s::text[], %s::text[]) AS t(schema_name, "
+        "table_name) JOIN pg_namespace n ON n.nspname = t.schema_name "
+        "JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name "
+        "WHERE NOT has_table_privilege(c.oid, 'SELECT') AND EXISTS (SELECT FROM pg_attribute a "
+        "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+        "AND NOT has_column_privilege(c.oid, a.attnum, 'SELECT')) ORDER BY 1, 2",
+        ([s for s, _ in tables], [t for _, t in tables]),
+    )
+    denied = await cur.fetchall()
+    if denied:
+        schema, table, user = (str(v) for v in denied[0])
+        ident = sql.Identifier(schema, table).as_string(conn)
+        role = sql.Identifier(user).as_string(conn)
+        more = f" (and {len(denied) - 1} more table(s))" if len(denied) > 1 else ""
+        raise SourceSetupError(
+            f"{where}: role {user} may not read table {schema}.{table}{more}, which the snapshot copies; "
+            f"grant it with GRANT SELECT ON {ident} TO {role}, or leave the table out of tables.include"
+        )
+
+
 async def primary_keys(
     conn: psycopg.AsyncConnection[tuple[object, ...]], tables: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], tuple[str, ...]]:

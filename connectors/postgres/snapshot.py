@@ -36,7 +36,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -64,11 +64,16 @@ SETTLE_S: Final = 0.25
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """Heap pages ``[first, end)`` of one table; `end` None means to the end of the table."""
+    """Heap pages ``[first, end)`` of one table; `end` None means to the end of the table.
+
+    `after` (a ``ctid`` text such as ``(12,7)``) skips the rows up to and including that
+    tuple: the part of the chunk an interrupted initial snapshot already made durable.
+    """
 
     number: int
     first: int
     end: int | None
+    after: str | None = None
 
 
 @dataclass(slots=True)
@@ -90,14 +95,20 @@ class SnapshotTable:
     def remaining(self) -> list[Chunk]:
         return [c for c in self.chunks if c.number not in self.done]
 
-    def copy_query(self, chunk: Chunk, *, csv: bool = False) -> sql.Composed:
+    def copy_query(self, chunk: Chunk, *, csv: bool = False, with_ctid: bool = False) -> sql.Composed:
+        """``COPY`` of the chunk's rows in heap order; `with_ctid` appends each row's ``ctid``
+        as a last column (where the initial snapshot notes how far a chunk got)."""
         t = self.schema.table
-        columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in self.schema.columns)
+        names: list[sql.Composable] = [sql.Identifier(c.name) for c in self.schema.columns]
+        if with_ctid:
+            names.append(sql.SQL("ctid"))
         where = sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({chunk.first},0)"))
         if chunk.end is not None:
             where = sql.SQL("{} AND ctid < {}::tid").format(where, sql.Literal(f"({chunk.end},0)"))
+        if chunk.after is not None:
+            where = sql.SQL("{} AND ctid > {}::tid").format(where, sql.Literal(chunk.after))
         return sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT{}").format(
-            columns if self.schema.columns else sql.SQL(""), sql.Identifier(t.schema, t.table), where,
+            sql.SQL(", ").join(names), sql.Identifier(t.schema, t.table), where,
             sql.SQL(" (FORMAT csv)") if csv else sql.SQL(""),
         )
 
@@ -206,14 +217,33 @@ class SnapshotProgress:
         entry = self.tables.get(table)
         return entry is not None and entry.get("status") == "done"
 
-    def start(self, t: SnapshotTable) -> None:
-        """Record a table's chunk plan (keeping chunks already done under the same plan)."""
+    def start(self, t: SnapshotTable, held: tuple[int, int] | None = None) -> None:
+        """Record a table's chunk plan (keeping chunks already done under the same plan).
+
+        Resuming, `held` is the snapshot position ``(commit, seq)`` every sink holds: a chunk
+        whose rows the initial snapshot made durable only in part resumes after its last
+        durable row (`Chunk.after`), so no row is written twice under another event id; a
+        chunk whose end is durable is done.
+        """
         entry = self.tables.get(t.name)
         if entry is not None and entry.get("status") == "running":
             plan = [Chunk(int(n), int(a), None if b is None else int(b)) for n, a, b in entry["chunks"]]
-            t.chunks = plan
             t.done = {int(n) for n in entry.get("done", [])}
             t.rows = int(entry.get("rows", 0))
+            pieces: dict[str, list[list[Any]]] = entry.get("pieces", {})
+            point = entry.get("point")
+            for i, c in enumerate(plan):
+                marks = pieces.get(str(c.number), [])
+                if c.number in t.done or held is None or point is None or not marks:
+                    continue
+                durable = [m for m in marks if (int(point), int(m[0])) <= held]
+                if any(m[1] is None for m in durable):  # its end mark: every row is held
+                    self.chunk_done(t, c.number, sum(int(m[2]) for m in durable))
+                    t.done.add(c.number)
+                    t.rows = int(entry.get("rows", 0))
+                elif durable:
+                    plan[i] = replace(c, after=str(durable[-1][1]))
+            t.chunks = plan
             return
         self.tables[t.name] = {
             "status": "running",
@@ -222,8 +252,17 @@ class SnapshotProgress:
             "rows": 0,
         }
 
+    def piece(self, t: SnapshotTable, point: int, chunk: int, last_seq: int, ctid: str | None, rows: int) -> None:
+        """Note that the initial snapshot's rows of `chunk` up to tuple `ctid` sit at or below
+        ``Position(point, last_seq)`` (`ctid` None: the chunk's end). Saved before the batch
+        holding them goes to the sinks, so a resume knows what they hold (`start`)."""
+        entry = self.tables[t.name]
+        entry["point"] = point
+        entry.setdefault("pieces", {}).setdefault(str(chunk), []).append([last_seq, ctid, rows])
+
     def chunk_done(self, t: SnapshotTable, chunk: int, rows: int) -> None:
         entry = self.tables[t.name]
+        entry.get("pieces", {}).pop(str(chunk), None)
         if chunk not in entry["done"]:
             entry["done"].append(chunk)
             entry["rows"] = int(entry.get("rows", 0)) + rows
@@ -277,6 +316,7 @@ class ChunkRows:
     rows: list[RawRow]
     last: bool = True  # the chunk's last piece
     block: pa.Table | None = None  # the piece's rows in columns (the initial snapshot), instead of `rows`
+    last_ctid: str | None = None  # the ctid of the piece's last row (the initial snapshot)
 
 
 #: CSV bytes gathered from COPY before they are parsed into one Arrow block, shared by the
@@ -376,11 +416,13 @@ class InitialSnapshot:
     reader, no Python work per value), so a worker costs one message read per row in Python
     and the rest runs in C++ outside the interpreter lock. `run` fills `queue` with
     `ChunkRows` carrying blocks (bounded: workers wait while the source is busy) and puts
-    None when every chunk is read.
+    None when every chunk is read. When a worker fails, `run` raises its error (naming the
+    table) without the None: a consumer waits on the queue and on `run` at once (`next_item`).
     """
 
     def __init__(self, conninfo: str, snapshot_name: str, tables: list[SnapshotTable], workers: int,
-                 connect_timeout: int) -> None:
+                 connect_timeout: int, where: str = "postgres") -> None:
+        self._where = where
         self._conninfo = conninfo
         self._snapshot = snapshot_name
         self.tables = tables
@@ -402,11 +444,13 @@ class InitialSnapshot:
                 conns.append(await asyncio.to_thread(self._connect))
             self.imported.set()
             working = True  # from here on each worker thread closes its own connection
+            # The first failure ends the snapshot: the other workers see `_stopping` (gather
+            # retrieves what they raise then).
             await asyncio.gather(*(asyncio.to_thread(self._work, conn, todo, loop) for conn in conns))
         except psycopg.OperationalError as err:
-            raise SourceConnectionError(f"snapshot: {first_line(err)}") from err
+            raise SourceConnectionError(f"{self._where}: snapshot: {first_line(err)}") from err
         except psycopg.Error as err:
-            raise SourceSetupError(f"snapshot: {first_line(err)}") from err
+            raise SourceSetupError(f"{self._where}: snapshot failed: {first_line(err)}") from err
         finally:
             self._stopping.set()
             for conn in conns:
@@ -417,10 +461,29 @@ class InitialSnapshot:
                         conn.cancel_safe(timeout=2)  # stop a COPY still running in a worker thread
         await self.queue.put(None)
 
+    async def next_item(self, reading: asyncio.Task[None]) -> ChunkRows | None:
+        """The next item of `queue`, or None at the end; raises what `run` (the task `reading`)
+        raised once the items it queued are consumed, instead of waiting for ever."""
+        if not self.queue.empty() or reading.done():
+            if not self.queue.empty():
+                return self.queue.get_nowait()
+            reading.result()
+            return None
+        get = asyncio.ensure_future(self.queue.get())
+        try:
+            await asyncio.wait({get, reading}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not get.done():
+                get.cancel()
+        if get.done() and not get.cancelled():
+            return get.result()
+        return await self.next_item(reading)
+
     def _connect(self) -> psycopg.Connection[Any]:
         conn = psycopg.connect(self._conninfo, autocommit=True, options=SESSION_OPTIONS, client_encoding="UTF8",
                                connect_timeout=self._timeout)
         try:
+            conn.execute("SET synchronize_seqscans = off")  # heap order within a chunk (before PG 14)
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self._snapshot)))
         except BaseException:
@@ -441,14 +504,33 @@ class InitialSnapshot:
                 t, chunk = todo.popleft()
             except IndexError:
                 return
-            width = len(t.schema.columns)
-            if width == 0:  # a table without columns: COPY text gives one empty line per row
-                for lines in copy_out(conn, t.copy_query(chunk), self._block_bytes, self._stopping):
-                    self._hand_over(loop, ChunkRows(t, chunk, [() for _ in range(lines.count(b"\n"))], last=False))
-            else:
-                for data in copy_out(conn, t.copy_query(chunk, csv=True), self._block_bytes, self._stopping):
-                    self._hand_over(loop, ChunkRows(t, chunk, [], last=False, block=parse_csv_block(data, width)))
-            self._hand_over(loop, ChunkRows(t, chunk, [], last=True))
+            try:
+                self._copy_chunk(conn, t, chunk, loop)
+            except psycopg.OperationalError as err:
+                raise SourceConnectionError(f"{self._where}: snapshot of {t.name}: {first_line(err)}") from err
+            except psycopg.errors.InsufficientPrivilege as err:
+                raise SourceSetupError(
+                    f"{self._where}: snapshot of {t.name} refused: {first_line(err)} "
+                    f"(grant SELECT on {t.name} to the job's role)"
+                ) from err
+            except psycopg.Error as err:
+                raise SourceSetupError(f"{self._where}: snapshot of {t.name} failed: {first_line(err)}") from err
+
+    def _copy_chunk(self, conn: psycopg.Connection[Any], t: SnapshotTable, chunk: Chunk,
+                    loop: asyncio.AbstractEventLoop) -> None:
+        """Copy one chunk, handing its blocks over and then its end mark."""
+        width = len(t.schema.columns)
+        if width == 0:  # a table without columns: COPY text gives one empty line per row
+            for lines in copy_out(conn, t.copy_query(chunk), self._block_bytes, self._stopping):
+                self._hand_over(loop, ChunkRows(t, chunk, [() for _ in range(lines.count(b"\n"))], last=False))
+        else:
+            query = t.copy_query(chunk, csv=True, with_ctid=True)
+            for data in copy_out(conn, query, self._block_bytes, self._stopping):
+                block = parse_csv_block(data, width + 1)
+                ctid = block.column(width)[-1].as_py()
+                self._hand_over(loop, ChunkRows(t, chunk, [], last=False, block=block.select(list(range(width))),
+                                                last_ctid=ctid.decode() if isinstance(ctid, bytes) else None))
+        self._hand_over(loop, ChunkRows(t, chunk, [], last=True))
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop, item: ChunkRows) -> None:
         """Put `item` on the queue from a worker thread, waiting while it is full; give up on stop."""

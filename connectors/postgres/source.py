@@ -51,6 +51,7 @@ from cdc.errors import (
     first_line,
 )
 from cdc.events import (
+    UNCHANGED,
     ChangeBatch,
     Column,
     Position,
@@ -133,6 +134,21 @@ class _Relation:
 
 
 _NO_TS = datetime.min.replace(tzinfo=UTC)
+
+
+def with_old_values(msg: Update) -> RawRow:
+    """The new row of `msg` with every unchanged (TOASTed, not sent) value taken from the old row
+    when the old row is a full image (REPLICA IDENTITY FULL, ``'O'``), also when the key changed.
+
+    pgoutput marks a TOASTed value the update did not touch as 'u' in the new tuple; under FULL
+    the old tuple carries it detoasted, so the event's `after` (and every sink) gets the real
+    value and `unchanged` does not name the column. Under DEFAULT or USING INDEX the old tuple
+    holds key columns only: the value stays `UNCHANGED`.
+    """
+    new, old = msg.new, msg.old
+    if msg.old_kind != "O" or old is None or len(old) != len(new) or not any(v is UNCHANGED for v in new):
+        return new
+    return tuple(o if v is UNCHANGED else v for v, o in zip(new, old, strict=True))
 
 
 class PostgresSource:
@@ -238,9 +254,11 @@ class PostgresSource:
             initial = mode == "initial_only" or ((mode == "initial" or recreate) and slot is None)
             if initial or mode == "initial":
                 pending = [t for t in tables if not self._progress.is_done(f"{t[0]}.{t[1]}")]
+                await catalog.check_select(conn, pending, self.where)
                 planned = await describe_tables(conn, self.name, pending, self._types, self._chunk_rows)
+                held = (resume_from.commit, resume_from.seq) if resume_from is not None else None
                 for t in planned:
-                    self._progress.start(t)
+                    self._progress.start(t, held)
                     metrics.snapshot_chunks_planned(self.name, t.name).set(len(t.chunks))
                 self._progress.save()
             else:
@@ -319,7 +337,8 @@ class PostgresSource:
             raise SourceUnreachableError(f"{self.where}: cannot create slot {cfg.slot}: {first_line(err)}") from err
         assert row is not None
         consistent_point, snapshot_name = parse_lsn(str(row[1])), str(row[2])
-        reader = InitialSnapshot(self._conninfo, snapshot_name, tables, self._snapshot_workers, cfg.connect_timeout_s)
+        reader = InitialSnapshot(self._conninfo, snapshot_name, tables, self._snapshot_workers, cfg.connect_timeout_s,
+                                 self.where)
         return reader, conn, consistent_point
 
     async def _export_snapshot(
@@ -334,7 +353,7 @@ class PostgresSource:
         row = await cur.fetchone()
         assert row is not None
         reader = InitialSnapshot(self._conninfo, str(row[0]), tables, self._snapshot_workers,
-                                 self._config.connect_timeout_s)
+                                 self._config.connect_timeout_s, self.where)
         return reader, leader, int(row[1])
 
     # -- streaming --------------------------------------------------------------------
@@ -368,7 +387,12 @@ class PostgresSource:
             last_yielded = position
             return self._cut(b, position)
 
+        me = asyncio.current_task()
         while not stop.is_set():
+            if me is not None and me.cancelling():
+                # A cancel that an inner await swallowed (PITFALLS.md): stop reading now, so the
+                # replication connection closes and a stopping server is not held up by replies.
+                raise asyncio.CancelledError
             if snapshotting is not None and snapshotting.done():
                 snapshotting.result()  # raises what the snapshot raised
                 snapshotting = self._snapshot = None
@@ -502,7 +526,7 @@ class PostgresSource:
             b = OpenBatch()
             seq = 0
             shown = time.monotonic()
-            while (item := await reader.queue.get()) is not None:
+            while (item := await reader.next_item(reading)) is not None:
                 t = item.table
                 rel = rels.get(t.name)
                 if rel is None:
@@ -517,6 +541,8 @@ class PostgresSource:
                     rel.append = None
                     seq += count
                     b.nbytes += item.block.nbytes
+                    if item.last_ctid is not None:
+                        self._progress.piece(t, tx.commit, item.chunk.number, seq, item.last_ctid, count)
                 elif item.rows:
                     append = rel.append or b.segment(rel)
                     for row in item.rows:
@@ -529,13 +555,16 @@ class PostgresSource:
                 if item.last:
                     rows = chunk_rows.pop((item.chunk.number, t.name), 0)
                     self._chunk_marks.append((tx.position(seq), t, item.chunk.number, rows))
+                    self._progress.piece(t, tx.commit, item.chunk.number, seq, None, 0)
                 if b.full(policy.max_events, policy.max_bytes):
+                    self._progress.save()  # what the batch holds, before any sink has it
                     yield self._cut(b, tx.position(seq))
                 if time.monotonic() - shown >= 2:
                     self._show_progress(reader.tables)
                     shown = time.monotonic()
                 if stop.is_set():
                     break
+            self._progress.save()
             if not stop.is_set():
                 reading.result()
                 self._show_progress(reader.tables)
@@ -621,7 +650,7 @@ class PostgresSource:
         if isinstance(msg, Insert):
             changes = [("c", self._relations[msg.relation_oid], None, msg.new)]
         elif isinstance(msg, Update):
-            changes = [("u", self._relations[msg.relation_oid], msg.old, msg.new)]
+            changes = [("u", self._relations[msg.relation_oid], msg.old, with_old_values(msg))]
         elif isinstance(msg, Delete):
             changes = [("d", self._relations[msg.relation_oid], msg.old, None)]
         elif isinstance(msg, Truncate):
@@ -761,6 +790,7 @@ class PostgresSource:
             raise SourceSetupError(f"{self._request_path}: unreadable snapshot request ({err})") from err
         names = [str(n) for n in doc.get("tables") or []] or [f"{s}.{t}" for s, t in self._publication_tables]
         pairs = await catalog.select_tables(conn, names, [], self.where)
+        await catalog.check_select(conn, pairs, self.where)
         missing = [p for p in pairs if p not in self._publication_tables]
         if missing:
             await catalog.ensure_publication(conn, self._config.publication, missing, self.where)

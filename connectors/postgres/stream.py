@@ -81,7 +81,16 @@ class ReplicationStream:
         frames: list[bytes] = []
         get = self._pgconn.get_copy_data
         while True:
-            n, data = get(1)
+            try:
+                n, data = get(1)
+            except psycopg.OperationalError as err:
+                # After the server ended the stream, libpq returns the frames it had buffered and
+                # then "no COPY in progress": a lost connection, not a bug.
+                if frames:
+                    return frames
+                raise SourceConnectionError(
+                    f"{self._where}: replication connection lost: {first_line(err)}"
+                ) from err
             if n > 0:
                 frames.append(bytes(data))
             elif n == 0:
@@ -97,7 +106,11 @@ class ReplicationStream:
 
     async def read(self, timeout: float) -> list[bytes]:
         """The frames (XLogData or keepalive) that arrived, waiting up to `timeout` seconds
-        for the first; an empty list when none came."""
+        for the first; an empty list when none came.
+
+        A cancellation always ends the wait (``asyncio.timeout``, not ``wait_for``, which on
+        Python 3.11 can swallow a cancel that lands as the socket turns readable).
+        """
         frames = self._drain()
         if frames:
             return frames
@@ -108,7 +121,8 @@ class ReplicationStream:
             if frames:
                 return frames
             try:
-                await asyncio.wait_for(self._readable.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._readable.wait()
             except TimeoutError:
                 return []
             self._consume()
