@@ -104,6 +104,7 @@ class Pipeline:
                                    metrics.BufferGauges(job, max_buffered_batches, max_buffered_bytes))
         self._meters = {s.name: metrics.SinkMeter(job, s.name, metrics.LAG) for s in sinks}
         self._log = log.bind(job=job)
+        self._writes: asyncio.Future[list[BaseException | None]] | None = None  # the batch being written
 
     async def run(self, stop: asyncio.Event) -> None:
         """Open sinks, start the source at their minimum position, move batches until stopped.
@@ -131,9 +132,12 @@ class Pipeline:
                     task.result()
                 await consumer
             finally:
-                for task in (producer, consumer):
-                    task.cancel()
-                await asyncio.gather(producer, consumer, return_exceptions=True)
+                producer.cancel()
+                try:
+                    await self._writes_ended()
+                finally:
+                    consumer.cancel()
+                    await asyncio.gather(producer, consumer, return_exceptions=True)
         finally:
             await self._close(failing=sys.exc_info()[1] is not None)
         self._log.info("job_stopped", events=self.stats.events, position=str(self.stats.acknowledged))
@@ -153,6 +157,19 @@ class Pipeline:
         if first is not None:
             raise first
 
+    async def _writes_ended(self) -> None:
+        """Wait for the sink writes in flight to end, unless this job itself is being cancelled
+        (the shutdown grace is over).
+
+        A write in a worker thread cannot be cancelled: closing its sink under it (the source
+        failed meanwhile) would replace the source's retryable error with the sink's complaint.
+        """
+        writes, me = self._writes, asyncio.current_task()
+        if writes is None or writes.done() or (me is not None and me.cancelling()):
+            return
+        self._log.info("sink_writes_finishing", sinks=[s.name for s in self.sinks])
+        await asyncio.wait({writes})
+
     async def _produce(self, stop: asyncio.Event) -> None:
         try:
             async for batch in self.source.batches(self.policy, stop):
@@ -167,15 +184,9 @@ class Pipeline:
             # when cancelled (the source failed): a write in a worker thread cannot be
             # cancelled, and closing its sink under it would replace the source's error.
             ops = metrics.batch_ops(batch)
-            writes = asyncio.gather(*(self._write(sink, batch, ops) for sink in self.sinks),
-                                    return_exceptions=True)
-            try:
-                results = await asyncio.shield(writes)
-            except asyncio.CancelledError:
-                self._log.info("sink_writes_finishing", sinks=[s.name for s in self.sinks])
-                await asyncio.wait({writes})  # a second cancel (shutdown grace over) ends this wait
-                raise
-            for result in results:
+            self._writes = asyncio.gather(*(self._write(sink, batch, ops) for sink in self.sinks),
+                                          return_exceptions=True)
+            for result in await self._writes:
                 if isinstance(result, BaseException):
                     raise result
             positions = {s.name: s.position() for s in self.sinks}
