@@ -347,6 +347,9 @@ def test_tls_verify_full_against_a_self_signed_server(
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=other",
              "-keyout", tmp_path / "other.key", "-out", wrong, cwd=tmp_path)
     doc["jobs"][0]["source"]["sslrootcert"] = str(wrong)
+    # A job's first start (no checkpoint): an unreachable source is a setup mistake there, while a
+    # job that streamed before retries it (test_a_restart_during_a_source_outage_...).
+    doc["state_dir"] = str(tmp_path / "first-start-state")
     write_config(files, doc)
     failed = run_cdc("run", files.config)
     assert failed.returncode == 2
