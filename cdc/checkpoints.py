@@ -7,6 +7,7 @@ checkpoint never moves backwards: saving a lower source position is refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,9 +61,13 @@ class CheckpointStore(Protocol):
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash leaves the old or the new content."""
+    """Replace `path` with `data` so that a crash leaves the old or the new content.
+
+    The file is created 0666 less the process umask, like every other file cdc writes
+    (the CLI sets the config's ``umask``, 0077 by default: 0600).
+    """
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
         os.write(fd, data)
         os.fsync(fd)
@@ -79,6 +84,36 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def ensure_state_dir(state_dir: Path) -> None:
+    """Make sure `state_dir` is a directory cdc can write, before any job touches a server.
+
+    Creates it (and its parents) when missing, then writes, fsyncs and removes a probe
+    file, so a file in its place, a read-only or full file system, or missing permissions
+    stop ``cdc run`` with one `CheckpointError` line instead of failing half-way through a
+    job's setup (after a publication or slot was created).
+    """
+    fix = "choose another state_dir or fix it (permissions, free space, a file in its place)"
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CheckpointError(f"state_dir {state_dir}: is not a directory; {fix}") from None
+    except OSError as err:
+        raise CheckpointError(f"state_dir {state_dir}: cannot create it: {err.strerror}; {fix}") from err
+    probe = state_dir / f".cdc-write-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"cdc write probe\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError as err:
+        with contextlib.suppress(OSError):  # a probe half-written on a full disk
+            probe.unlink(missing_ok=True)
+        raise CheckpointError(f"state_dir {state_dir}: cannot write in it: {err.strerror}; {fix}") from err
 
 
 class FileCheckpointStore:

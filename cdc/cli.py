@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import sys
 from pathlib import Path
 
 import orjson
 
 from cdc import __version__, redaction
-from cdc.checkpoints import write_atomically
+from cdc.checkpoints import ensure_state_dir, write_atomically
 from cdc.config import Config, iter_jobs, load_config
 from cdc.errors import CdcError
 from cdc.logs import configure_logging
@@ -58,11 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             print(f"{args.config}: OK ({len(config.jobs)} job{'s' if len(config.jobs) != 1 else ''})")
             return 0
+        # Every file and directory cdc (or a library it drives) creates from here on: 0600/0700 by default.
+        os.umask(config.umask_bits())
         if args.command == "snapshot":
             return _request_snapshot(config, args.job, args.table or [])
         if args.command in ("status", "reload", "reset"):
             return _control(args, config)
         jobs = list(iter_jobs(config, args.job))
+        ensure_state_dir(config.state_dir)  # before any job creates a slot or publication
         configure_logging(config.log_level, config.log_format)
         from cdc.daemon import Daemon
 
@@ -112,7 +116,7 @@ def _control(args: argparse.Namespace, config: Config) -> int:
 def _request_snapshot(config: Config, job: str, tables: list[str]) -> int:
     """Leave a snapshot request where the job's source looks for it (its state directory)."""
     (found,) = iter_jobs(config, [job])
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    ensure_state_dir(config.state_dir)
     path = config.state_dir / f"{found.name}.snapshot-request.json"
     write_atomically(path, orjson.dumps({"tables": tables}))
     what = ", ".join(tables) if tables else "all its tables"

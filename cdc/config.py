@@ -8,6 +8,7 @@ validation. DSNs are `SecretStr`: redacted in ``repr`` and never logged.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -16,8 +17,9 @@ from string import Formatter
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
+import psycopg
 import yaml
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -72,6 +74,49 @@ def _existing_file(value: str | None) -> str | None:
     return value
 
 
+_QUOTED = re.compile(r'"([^"]*)"')
+_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def _secret_spans(dsn: str) -> list[str]:
+    """The parts of a (possibly malformed) DSN that may hold a password: a URL's userinfo,
+    and everything after a ``password`` keyword."""
+    spans = []
+    scheme = dsn.find("://")
+    if scheme >= 0 and "@" in dsn[scheme:]:
+        spans.append(dsn[scheme + 3:dsn.rindex("@")])
+    keyword = dsn.find("password")
+    if keyword >= 0:
+        spans.append(dsn[keyword + len("password"):])
+    return [s for s in spans if s]
+
+
+def _masked(message: str, dsn: str) -> str:
+    """libpq's `message` about `dsn` with every quoted fragment that overlaps a password replaced by ***."""
+    spans = _secret_spans(dsn)
+
+    def mask(m: re.Match[str]) -> str:
+        text = m.group(1)
+        if text == "=" or not any(text in span or span in text for span in spans):
+            return m.group(0)
+        return '"***"'
+
+    return _QUOTED.sub(mask, message)
+
+
+def _libpq_dsn(value: SecretStr) -> SecretStr:
+    """Refuse a DSN libpq cannot parse (a raw ``%``, an unknown ``?option``, an unterminated quote),
+    naming the problem without quoting the password."""
+    text = value.get_secret_value()
+    try:
+        conninfo_to_dict(text)
+    except psycopg.Error as err:
+        problem = _masked(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__, text)
+        hint = " (write a % in a password as %25)" if "percent" in problem else ""
+        raise ValueError(f"not a valid PostgreSQL connection string: {problem}{hint}") from None
+    return value
+
+
 class PostgresSourceConfig(_Strict):
     """The PostgreSQL source; secrets and TLS keys are documented in docs/operations.md."""
 
@@ -99,6 +144,11 @@ class PostgresSourceConfig(_Strict):
     @classmethod
     def _secret_files(cls, data: object) -> object:
         return _read_secret_files(data, ("dsn", "password"))
+
+    @field_validator("dsn")
+    @classmethod
+    def _valid_dsn(cls, value: SecretStr) -> SecretStr:
+        return _libpq_dsn(value)
 
     def conninfo(self) -> str:
         """The libpq connection string: `dsn` with `password` and the ssl* keys applied (a secret)."""
@@ -134,13 +184,21 @@ class MySqlSourceConfig(_Strict):
         clash = sorted(k for k in ("host", "port", "user") if k in out)
         if clash:
             raise ValueError(f"give either dsn or {', '.join(clash)}, not both")
+        shape = "dsn must look like mysql://user[:password]@host[:port][/database]"
         try:
             parts = urlsplit(text)
             port = parts.port
-        except ValueError as err:
-            raise ValueError(f"dsn is not a mysql:// URL: {err}") from None
+        except ValueError:
+            # urlsplit's message can quote a piece of the password: say what is expected instead.
+            raise ValueError(f"{shape} (the port must be a number; write / ? # @ : in a password "
+                             "percent-encoded)") from None
         if parts.scheme not in ("mysql", "mariadb") or not parts.hostname or not parts.username:
-            raise ValueError("dsn must look like mysql://user[:password]@host[:port][/database]")
+            raise ValueError(shape)
+        if parts.query or parts.fragment:
+            raise ValueError(f"{shape}: it takes no ?options or #fragment (set them as keys of the source; "
+                             "write ? and # in a password percent-encoded)")
+        if _PERCENT.search(parts.username) or (parts.password is not None and _PERCENT.search(parts.password)):
+            raise ValueError(f"{shape}: a % in the user or password must be written %25")
         out.update(host=parts.hostname, user=unquote(parts.username))
         if port is not None:
             out["port"] = port
@@ -356,6 +414,11 @@ class PostgresSinkConfig(_WarehouseSinkConfig):
     dsn: SecretStr
     connect_timeout_s: int = Field(default=10, ge=1)
 
+    @field_validator("dsn")
+    @classmethod
+    def _valid_dsn(cls, value: SecretStr) -> SecretStr:
+        return _libpq_dsn(value)
+
 
 SinkConfig = Annotated[
     FileSinkConfig | KafkaSinkConfig | NatsSinkConfig | RedisSinkConfig | DeltaSinkConfig | DuckDBSinkConfig
@@ -434,13 +497,32 @@ class HttpConfig(_Strict):
         return host.strip("[]"), int(port)
 
 
+def _umask_text(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f'write the umask as quoted octal digits, e.g. umask: "0027" (not {value})')
+    return value
+
+
 class Config(_Strict):
     state_dir: Path = Path("./.cdc-state")
+    #: The process umask of every command that writes (state, spool, file sink, DuckDB, Delta):
+    #: octal, as a string. The default keeps what cdc writes to its user (files 0600, dirs 0700).
+    umask: Annotated[str, BeforeValidator(_umask_text)] = Field(default="0077", pattern=r"^0?[0-7]{3}$")
     http: HttpConfig | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     shutdown_grace_s: float = Field(default=10.0, gt=0)
     jobs: list[JobConfig] = Field(min_length=1)
+
+    @field_validator("umask")
+    @classmethod
+    def _owner_keeps_access(cls, value: str) -> str:
+        if int(value, 8) & 0o700:
+            raise ValueError(f"umask {value} takes cdc's own access to its files away; keep the first digit 0")
+        return value
+
+    def umask_bits(self) -> int:
+        return int(self.umask, 8)
 
     @model_validator(mode="after")
     def _unique_jobs(self) -> Config:
@@ -455,28 +537,53 @@ def load_config(path: Path, environ: dict[str, str] | None = None) -> Config:
     """Read, interpolate and validate a config file; raise `ConfigError` naming file and line."""
     env = dict(os.environ) if environ is None else environ
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config: {err.strerror}") from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); a config file is "
+                          "YAML text: is this the right file?") from None
     return parse_config(text, str(path), env)
 
 
+#: How many values a config may expand to (YAML aliases repeat a node wherever they are used),
+#: and how deep it may nest: beyond these the file is refused (an alias bomb, not a config).
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 64
+
+
 def parse_config(text: str, where: str, env: dict[str, str]) -> Config:
-    loader = yaml.SafeLoader(text)
+    """Parse, interpolate and validate config `text` (from `where`); raise `ConfigError` naming the line.
+
+    YAML anchors and aliases are allowed (to share a sink or retry block), but the
+    document may expand to at most `MAX_CONFIG_VALUES` values nested `MAX_CONFIG_DEPTH`
+    deep: a "billion laughs" file is refused at once instead of hanging.
+    """
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         if node is None:
             raise ConfigError(f"{where}: the file is empty; it needs at least a 'jobs:' list")
         lines: dict[tuple[str | int, ...], int] = {}
-        _index(node, (), lines, where, env)
+        _index(node, (), lines, where, env, [0])
         data = loader.construct_document(node)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err)
+        if isinstance(err, yaml.reader.ReaderError):  # a NUL or control character, or not UTF-8
+            line = f":{text[:err.position].count(chr(10)) + 1}"
+            problem = f"character #x{err.character:04x} is not allowed in a config file" \
+                if isinstance(err.character, int) else str(err.reason)
+        else:
+            line = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err)
         raise ConfigError(f"{where}{line}: invalid YAML: {problem}") from err
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError(f"{where}:1: the top level must be a mapping with a 'jobs:' list")
     try:
@@ -485,12 +592,22 @@ def parse_config(text: str, where: str, env: dict[str, str]) -> Config:
         errors = err.errors()
         # A misspelt key shows as "missing" plus "unknown": name the unknown one.
         first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-        raise ConfigError(_describe(first, lines, where, len(errors))) from err
+        raise ConfigError(_describe(first, lines, where, len(errors), data)) from err
 
 
 def _index(node: yaml.Node, path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int], where: str,
-           env: dict[str, str]) -> None:
-    """Record the line of every key and list item; interpolate ``${VAR}`` in string scalars."""
+           env: dict[str, str], count: list[int]) -> None:
+    """Record the line of every key and list item; interpolate ``${VAR}`` in string scalars.
+
+    `count` holds the number of values visited so far (aliases expanded): past
+    `MAX_CONFIG_VALUES`, or deeper than `MAX_CONFIG_DEPTH`, the file is refused.
+    """
+    count[0] += 1
+    if count[0] > MAX_CONFIG_VALUES or len(path) > MAX_CONFIG_DEPTH:
+        what = f"more than {MAX_CONFIG_VALUES} values" if count[0] > MAX_CONFIG_VALUES \
+            else f"deeper than {MAX_CONFIG_DEPTH} levels"
+        raise ConfigError(f"{where}:{node.start_mark.line + 1}: the config expands to {what} (YAML aliases "
+                          "repeating aliases, or an alias inside itself); write the repeated parts out")
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -499,11 +616,11 @@ def _index(node: yaml.Node, path: tuple[str | int, ...], lines: dict[tuple[str |
             if key in seen:
                 raise ConfigError(f"{where}:{k.start_mark.line + 1}: key '{key}' appears twice in the same mapping")
             seen.add(key)
-            _index(v, (*path, key), lines, where, env)
+            _index(v, (*path, key), lines, where, env, count)
             lines[(*path, key)] = k.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _index(item, (*path, i), lines, where, env)
+            _index(item, (*path, i), lines, where, env, count)
     elif isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:str" and "${" in node.value:
         node.value = _interpolate(node.value, env, f"{where}:{node.start_mark.line + 1}")
 
@@ -520,7 +637,7 @@ def _interpolate(value: str, env: dict[str, str], where: str) -> str:
     return _INTERPOLATION.sub(sub, value)
 
 
-def _describe(error: Any, lines: dict[tuple[str | int, ...], int], where: str, count: int) -> str:
+def _describe(error: Any, lines: dict[tuple[str | int, ...], int], where: str, count: int, data: Any) -> str:
     loc: tuple[str | int, ...] = tuple(error["loc"])
     # Discriminated unions add the tag ('postgres', 'file') to the path: drop it.
     tag_at = {"source": 3, "sinks": 4}.get(str(loc[2])) if len(loc) > 3 and loc[0] == "jobs" else None
@@ -537,7 +654,11 @@ def _describe(error: Any, lines: dict[tuple[str | int, ...], int], where: str, c
     else:
         msg = f"{key}: {error['msg']}"
     more = f" (and {count - 1} more problem{'s' if count > 2 else ''})" if count > 1 else ""
-    return f"{where}:{line}: {msg}{more}"
+    job = ""
+    if len(clean) > 2 and clean[0] == "jobs" and isinstance(clean[1], int):
+        with contextlib.suppress(LookupError, TypeError, AttributeError):
+            job = f" (job {data['jobs'][clean[1]]['name']})"
+    return f"{where}:{line}: {msg}{job}{more}"
 
 
 def iter_jobs(config: Config, only: list[str] | None) -> Iterator[JobConfig]:

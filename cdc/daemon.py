@@ -26,13 +26,14 @@ from typing import Any
 import orjson
 import structlog
 
-from cdc import metrics
+from cdc import metrics, redaction
 from cdc.checkpoints import FileCheckpointStore, write_atomically
 from cdc.config import Config, JobConfig, iter_jobs, load_config
 from cdc.errors import CdcError, InternalError
 from cdc.health import JobBoard, JobState, JobStatus
 from cdc.job import build_pipeline
 from cdc.logs import configure_logging
+from cdc.pipeline import Pipeline
 
 log = structlog.get_logger(__name__)
 
@@ -105,9 +106,9 @@ class Daemon:
                 self._start(job)
             sampler = asyncio.create_task(self._sample(), name="cdc-status-sampler")
             while not self.stop.is_set() and any(not t.done() for t in self._tasks.values()):
-                waiting = [asyncio.create_task(self.stop.wait()), asyncio.create_task(self._wake.wait())]
                 # Only the jobs still running: a finished task would end every wait at once (a busy loop).
                 running = [t for t in self._tasks.values() if not t.done()]
+                waiting = [asyncio.create_task(self.stop.wait()), asyncio.create_task(self._wake.wait())]
                 await asyncio.wait([*waiting, *running], return_when=asyncio.FIRST_COMPLETED)
                 for w in waiting:
                     w.cancel()
@@ -172,10 +173,11 @@ class Daemon:
             if self.config_path is None:
                 raise CdcError("the daemon was not started from a config file")
             fresh = load_config(self.config_path)
+            redaction.register(redaction.secrets_of(fresh))
             jobs = {j.name: j for j in iter_jobs(fresh, self.only)}
         except CdcError as err:
             log.error("reload_failed", error=str(err))
-            self._last_reload = {"ok": False, "error": str(err)}
+            self._last_reload = {"ok": False, "error": redaction.redact(str(err))}
             self._write_daemon_file()
             return
         fixed = [k for k in ("state_dir", "http", "log_format") if getattr(fresh, k) != getattr(self.config, k)]
@@ -231,15 +233,26 @@ class Daemon:
             await asyncio.sleep(5.0)
 
     async def _supervise(self, job: JobConfig, stop: asyncio.Event) -> None:
+        """Run `job` until it ends, fails for good, or `stop` is set; retry retryable failures.
+
+        A failure is final when its error is not retryable, when ``retry.max_attempts``
+        ran out, or when it is a first-start mistake (`CdcError.mistake_at_first_start`,
+        e.g. an unreachable source) of a job that never streamed: neither in this process
+        nor before (no checkpoint in the store). Every other failure, at the first start
+        too, is retried with exponential backoff. Anything that fails while building the
+        job (a connection string the driver refuses) is reported like a failed run.
+        """
         outcome = self.outcomes[job.name]
         status = self.board.jobs[job.name]
         backoff = job.retry.initial_backoff_s
         jlog = log.bind(job=job.name)
         while not stop.is_set():
             outcome.attempts += 1
-            pipeline = build_pipeline(job, self.checkpoints, self.config.state_dir)
-            status.run_started(pipeline)
+            pipeline: Pipeline | None = None
             try:
+                outcome.streamed = outcome.streamed or self._has_checkpoint(job.name)
+                pipeline = build_pipeline(job, self.checkpoints, self.config.state_dir)
+                status.run_started(pipeline)
                 await pipeline.run(stop)
                 outcome.events += pipeline.stats.events
                 status.run_ended(pipeline)
@@ -253,24 +266,33 @@ class Daemon:
                     err = InternalError(f"job {job.name}: internal error {type(bug).__name__}: {bug} (a bug in cdc; "
                                         "the log has the traceback; please report it)")
                     err.__cause__ = bug
-                outcome.events += pipeline.stats.events
-                status.run_ended(pipeline)
+                if pipeline is not None:
+                    outcome.events += pipeline.stats.events
+                    status.run_ended(pipeline)
+                    outcome.streamed = outcome.streamed or pipeline.stats.streaming
                 metrics.errors(job.name, type(err).__name__).inc()
-                streamed = pipeline.stats.streaming or outcome.streamed
-                outcome.streamed = streamed
                 exhausted = job.retry.max_attempts is not None and outcome.attempts >= job.retry.max_attempts
-                if not err.retryable or not streamed or exhausted:
+                mistake = err.mistake_at_first_start and not outcome.streamed
+                if not err.retryable or mistake or exhausted:
                     outcome.error = err
                     status.run_failed(str(err), type(err).__name__, final=True)
                     jlog.error("job_failed", error=str(err), error_class=type(err).__name__)
                     return
                 status.run_failed(str(err), type(err).__name__, final=False)
                 metrics.retries(job.name).inc()
-                if pipeline.stats.batches:
+                if pipeline is not None and pipeline.stats.batches:
                     backoff = job.retry.initial_backoff_s
                 delay = min(backoff, job.retry.max_backoff_s) * (0.8 + 0.4 * random.random())
                 jlog.warning("job_retrying", error=str(err), error_class=type(err).__name__,
                              attempt=outcome.attempts, delay_s=round(delay, 2))
                 backoff = min(backoff * 2, job.retry.max_backoff_s)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+
+    def _has_checkpoint(self, job: str) -> bool:
+        """Whether `job` streamed before: its checkpoint store holds a checkpoint (unreadable counts)."""
+        try:
+            return self.checkpoints.load(job) is not None
+        except CdcError:
+            return True

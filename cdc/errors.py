@@ -3,7 +3,10 @@
 Every error a user can cause or meet is a `CdcError` subclass with a one-line,
 actionable message. Retryability lives on the class (like psycopg's error classes):
 the supervisor retries a job with backoff when `retryable` is true and stops it with
-the message when it is false. Keep the cause: ``raise SomeError(...) from err``.
+the message when it is false. An error with `mistake_at_first_start` (an unreachable
+source or sink) is retried too, but only once the job has streamed (now or in an earlier
+run: it has a checkpoint); before that it is taken for a setup mistake and stops the job.
+Keep the cause: ``raise SomeError(...) from err``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ class CdcError(Exception):
     """Base of every error cdc raises on purpose."""
 
     retryable: ClassVar[bool] = False
+    #: A retryable error that, in a job that never streamed, is a setup mistake (wrong host,
+    #: port, credentials or database) rather than an outage: the job stops instead of retrying.
+    mistake_at_first_start: ClassVar[bool] = False
     #: Process exit code of the CLI when this error stops it.
     exit_code: ClassVar[int] = 2
 
@@ -36,11 +42,13 @@ class SourceConnectionError(SourceError):
 class SourceUnreachableError(SourceError):
     """The source cannot be reached: wrong host, port or credentials, or the server is down.
 
-    Retryable once the job has streamed (a server restart); at a job's first start the
-    daemon treats it as a setup mistake and stops the job.
+    Retryable once the job has streamed (a server restart, also across a restart of cdc:
+    the job has a checkpoint); at the first start of a job that never streamed the daemon
+    treats it as a setup mistake and stops the job.
     """
 
     retryable = True
+    mistake_at_first_start = True
 
 
 class SourceSetupError(SourceError):
@@ -75,6 +83,15 @@ class SinkWriteError(SinkError):
     """A sink could not make a batch durable; the batch is retried."""
 
     retryable = True
+
+
+class SinkUnreachableError(SinkWriteError):
+    """A sink's target cannot be reached or opened: wrong address, credentials or database, or it is down.
+
+    Like `SourceUnreachableError`: retried once the job has streamed, a setup mistake before.
+    """
+
+    mistake_at_first_start = True
 
 
 class InternalError(CdcError):

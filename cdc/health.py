@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cdc import metrics
+from cdc import metrics, redaction
 
 if TYPE_CHECKING:
     from cdc.pipeline import Pipeline
@@ -76,7 +76,9 @@ class JobStatus:
         self.events_before += pipeline.stats.events
 
     def run_failed(self, error: str, error_class: str, *, final: bool) -> None:
-        self.error, self.error_class = error, error_class
+        """Record a failed run; `error` is stored redacted (every reader, /healthz, /status and
+        ``cdc status``, shows it), since a driver's message can quote a DSN."""
+        self.error, self.error_class = redaction.redact(error), error_class
         self.state = JobState.FAILED if final else JobState.RETRYING
         if self.failing_since is None:
             self.failing_since = time.monotonic()
@@ -158,6 +160,10 @@ class JobBoard:
         now = time.monotonic()
         for status in self.jobs.values():
             status.refresh(now)
+
+    def retrying(self) -> list[JobStatus]:
+        """Jobs waiting out a retryable failure (``/healthz`` names them, healthy or not yet)."""
+        return [s for s in self.jobs.values() if s.state is JobState.RETRYING]
 
     def failing(self) -> list[JobStatus]:
         """The unhealthy jobs (``/healthz`` answers 503 naming them)."""

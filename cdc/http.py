@@ -107,6 +107,7 @@ class HttpEndpoint:
             return _verdict(503 if failing else 200, {
                 "status": "failing" if failing else "ok",
                 "failing": {s.name: f"{s.state}: {s.error}" for s in failing},
+                "retrying": {s.name: s.error for s in self.board.retrying()},
             })
         if path == "/readyz":
             waiting = self.board.not_ready()

@@ -189,3 +189,62 @@ def test_version() -> None:
     result = run_cdc("--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"cdc {__version__}"
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+@pytest.mark.parametrize("dsn", ["postgresql://cdc:{pw}%@127.0.0.1:{port}/shop",
+                                 "postgresql://cdc:{pw}@127.0.0.1:{port}/shop?colour=blue",
+                                 "host=127.0.0.1 port={port} password='{pw}"],
+                         ids=["raw-percent", "unknown-option", "unterminated-quote"])
+def test_malformed_dsn_is_one_line_in_run_and_validate(tmp_path: Path, command: str, dsn: str) -> None:
+    """A DSN libpq cannot parse fails `cdc run` and `cdc validate` with exit 2 and one line naming file, line
+    and job, never the password (it used to make `cdc run` exit 0 silently)."""
+    files = JobFiles(tmp_path)
+    password = f"pw-{unique_name('x')}"
+    result = run_job_with(files, command, dsn=dsn.format(pw=password, port=free_port()), slot="s1",
+                          publication="p1")
+    line = assert_user_error(result, files, f"{files.config}:", "source.dsn", "not a valid PostgreSQL connection "
+                             "string", f"(job {files.job})")
+    assert password not in result.stderr and password not in result.stdout, line
+    assert not files.state_dir.exists()
+
+
+def run_job_with(files: JobFiles, command: str, **source: Any) -> subprocess.CompletedProcess[str]:
+    """Write a one-job config with these source settings and run ``cdc COMMAND`` on it."""
+    write_config(files, job_config(files, **source))
+    return run_cdc(command, files.config, timeout=60)
+
+
+@pytest.mark.parametrize("content", [b"jobs:\n  - name: \xff\xfe\x00\x01\n", b"jobs:\n  - name: a\x00b\n",
+                                     b"a: &a [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(
+                                         f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n".encode()
+                                         for p, n in zip("abcdefghi", "bcdefghij", strict=True))],
+                         ids=["binary", "nul", "alias-bomb"])
+def test_hostile_config_file_is_one_line(tmp_path: Path, content: bytes) -> None:
+    """A binary file, a NUL byte or a YAML alias bomb: `cdc validate` exits 2 at once with one line naming the file
+    (no traceback, no hang)."""
+    files = JobFiles(tmp_path)
+    files.root.mkdir(parents=True, exist_ok=True)
+    files.config.write_bytes(content)
+    result = run_cdc("validate", files.config, timeout=30)
+    assert_user_error(result, files, f"{files.config}:")
+
+
+@pytest.mark.parametrize("where", ["file", "under-a-file"])
+def test_state_dir_that_is_not_a_directory_creates_nothing_on_the_server(
+        pg: PgDatabase, tmp_path: Path, where: str) -> None:
+    """A file in place of state_dir (or of a parent) fails `cdc run` with one line naming state_dir, before
+    the job creates its publication or slot."""
+    files = JobFiles(tmp_path / "job")
+    files.root.mkdir(parents=True)
+    taken = files.root / "taken"
+    taken.write_text("a file")
+    state = taken if where == "file" else taken / "state"
+    pg.execute("CREATE TABLE present (id int PRIMARY KEY)")
+    slot, publication = pg.name("slot"), pg.name("pub")
+    document = job_config(files, dsn=pg.dsn, slot=slot, publication=publication)
+    write_config(files, {**document, "state_dir": str(state)})
+    result = run_cdc("run", files.config, timeout=60)
+    assert_user_error(result, files, f"state_dir {state}:")
+    assert slots_named(pg, slot) == []
+    assert pg.query("SELECT pubname FROM pg_publication WHERE pubname = %s", (publication,)) == []

@@ -347,7 +347,89 @@ def test_tls_verify_full_against_a_self_signed_server(
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=other",
              "-keyout", tmp_path / "other.key", "-out", wrong, cwd=tmp_path)
     doc["jobs"][0]["source"]["sslrootcert"] = str(wrong)
+    # A job's first start (no checkpoint): an unreachable source is a setup mistake there, while a
+    # job that streamed before retries it (test_a_restart_during_a_source_outage_...).
+    doc["state_dir"] = str(tmp_path / "first-start-state")
     write_config(files, doc)
     failed = run_cdc("run", files.config)
     assert failed.returncode == 2
     assert "certificate verify failed" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_files_cdc_writes_are_private_by_default(pg: PgDatabase, tmp_path: Path, daemons: Daemons) -> None:
+    """With the default umask 0077 every file and directory the daemon creates under state_dir and the file
+    sink's path has no group or other bits, whatever the umask cdc was started with."""
+    pg.execute(ITEMS_DDL)
+    files = JobFiles(tmp_path / "job")
+    write_config(files, job_config(files, dsn=pg.dsn, slot=pg.name("slot"), publication=pg.name("pub")))
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    daemon.wait_for("replication_started")
+    writer = ChangeWriter(pg, seed=5)
+    try:
+        for _ in range(5):
+            writer.transaction()
+    finally:
+        writer.close()
+    wait_until(lambda: rebuild(files.sink).get("public.items") == items(pg), CATCH_UP_S, "the sink to catch up")
+    assert daemon.terminate(10.0) == 0
+    written = [files.state_dir, *files.state_dir.rglob("*"), files.sink, *files.sink.rglob("*")]
+    assert any(p.name.endswith(".jsonl") for p in written) and any(p.name.endswith(".checkpoint.json")
+                                                                   for p in written)
+    loose = {str(p): oct(p.stat().st_mode & 0o777) for p in written if p.stat().st_mode & 0o077}
+    assert loose == {}
+
+
+def test_a_restart_during_a_source_outage_retries_until_the_source_is_back(
+        tmp_path: Path, daemons: Daemons) -> None:
+    """cdc restarted while PostgreSQL is down (a host reboot during a short outage): a job that streamed
+    before keeps retrying, /healthz names it as retrying (then failing, 503), and once PostgreSQL is back on
+    the same port the job catches up and the sink equals the source."""
+    with DisposablePostgres() as server:  # private: this test stops and starts it
+        server.create_database("shop")
+        source = PgDatabase(server=server, dbname="shop", dsn=server.dsn("shop"))
+        source.execute(ITEMS_DDL)
+        files = JobFiles(tmp_path / "job")
+        doc = job_config(files, dsn=source.dsn, slot="cdc_outage", publication="cdc_outage", connect_timeout_s=2)
+        doc["http"] = {"listen": "127.0.0.1:0"}
+        doc["jobs"][0]["retry"]["unhealthy_after_s"] = 1
+        write_config(files, doc)
+        daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+        daemon.wait_for("replication_started")
+        writer = ChangeWriter(source, seed=11)
+        try:
+            for _ in range(10):
+                writer.transaction()
+        finally:
+            writer.close()
+        wait_until(lambda: rebuild(files.sink).get("public.items") == items(source), CATCH_UP_S, "the first catch-up")
+        assert daemon.terminate(10.0) == 0
+
+        assert server._pg_ctl("stop", "-m", "fast").returncode == 0
+        daemon.start()
+        address = endpoint_of(files, daemon)
+
+        def retried_twice() -> bool:
+            retries = [e for e in daemon.events() if e.get("event") == "job_retrying"]
+            assert daemon.process is not None and daemon.process.poll() is None, daemon.tail()
+            return len(retries) >= 2 and all(e["error_class"] == "SourceUnreachableError" for e in retries)
+
+        wait_until(retried_twice, 30, "the job to retry the unreachable source")
+        health = json.loads(get(address, "/healthz")[1])
+        assert "cannot connect" in health["retrying"][files.job], health
+        wait_until(lambda: get(address, "/healthz")[0] == 503, 10, "/healthz to turn 503 after unhealthy_after_s")
+        assert json.loads(get(address, "/healthz")[1])["failing"][files.job].startswith("retrying: ")
+
+        assert server._try_start() is None  # the same port: the job's DSN is unchanged
+        writer = ChangeWriter(source, seed=12)
+        writer.next_id = 10_000
+        try:
+            for _ in range(10):
+                writer.transaction()
+        finally:
+            writer.close()
+        wait_until(lambda: rebuild(files.sink).get("public.items") == items(source), CATCH_UP_S,
+                   "the catch-up after the outage")
+        wait_until(lambda: get(address, "/healthz")[0] == 200, 10, "/healthz to turn 200 again")
+        assert daemon.terminate(10.0) == 0
+        log = daemon.stderr(all_runs=True)
+        assert "job_failed" not in log and "Traceback" not in log, daemon.tail()

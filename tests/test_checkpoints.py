@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import orjson
 import pytest
 
-from cdc.checkpoints import Checkpoint, FileCheckpointStore, write_atomically
+from cdc.checkpoints import Checkpoint, FileCheckpointStore, ensure_state_dir, write_atomically
 from cdc.errors import CheckpointError
 from cdc.events import Position
 
@@ -137,3 +138,41 @@ def test_failed_save_keeps_checkpoint(tmp_path: Path, monkeypatch: pytest.Monkey
     assert store.load("job") == Checkpoint(Position(1))
     store.save("job", Checkpoint(Position(2)))
     assert store.load("job") == Checkpoint(Position(2))
+
+
+# ---------------------------------------------------------------- the state directory
+
+
+def test_state_dir_is_created_and_left_clean(tmp_path: Path) -> None:
+    """A missing state dir is created (parents too); the write probe leaves nothing behind."""
+    state = tmp_path / "a" / "state"
+    ensure_state_dir(state)
+    assert state.is_dir() and list(state.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["file", "under-a-file"])
+def test_state_dir_that_is_a_file_is_one_checkpoint_error(tmp_path: Path, where: str) -> None:
+    """A file where the state dir (or one of its parents) should be is a CheckpointError naming the dir."""
+    (tmp_path / "taken").write_text("not a directory")
+    state = tmp_path / "taken" if where == "file" else tmp_path / "taken" / "state"
+    with pytest.raises(CheckpointError, match=rf"^state_dir {state}: (is not a directory|cannot create it: Not a dir)"):
+        ensure_state_dir(state)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_state_dir_that_cannot_be_written_is_one_checkpoint_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """A full, read-only or forbidden state dir fails the write probe with one line naming the dir and the
+    reason, and leaves no probe file behind."""
+    real_write = os.write
+
+    def failing_write(fd: int, data: bytes) -> int:
+        if data.startswith(b"cdc write probe"):
+            raise OSError(code, os.strerror(code))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", failing_write)
+    with pytest.raises(CheckpointError, match=rf"^state_dir {tmp_path}: cannot write in it: {os.strerror(code)}; "):
+        ensure_state_dir(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+

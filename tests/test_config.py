@@ -304,3 +304,119 @@ def test_dsn_is_secret_and_redacted() -> None:
 def test_dsn_never_in_errors(text: str) -> None:
     """No ConfigError message carries the DSN's password."""
     assert SECRET not in error(text)
+
+
+# ---------------------------------------------------------------- connection strings
+
+
+@pytest.mark.parametrize(
+    ("dsn", "problem"),
+    [
+        (f"postgresql://cdc:{SECRET}%@db:5432/shop", "invalid percent-encoded token"),
+        (f"postgresql://cdc:{SECRET}@db:5432/shop?colour=blue", 'invalid URI query parameter: "colour"'),
+        (f"host=db password='{SECRET}", "unterminated quoted string"),
+        (f"host=db password={SECRET} x", 'missing "=" after "***"'),
+        (f"postgresql://cdc:{SECRET[:4]} {SECRET[4:]}@db/shop", "unexpected spaces"),
+    ],
+    ids=["raw-percent", "unknown-option", "unterminated-quote", "missing-equals", "space"],
+)
+@pytest.mark.parametrize("where", ["source", "sink"])
+def test_malformed_postgres_dsn_is_refused_without_the_password(dsn: str, problem: str, where: str) -> None:
+    """A DSN libpq cannot parse is a ConfigError naming the line, the key, the job and libpq's problem,
+    never the password (nor a piece of it)."""
+    text = MINIMAL
+    if where == "source":
+        text = text.replace('"postgresql://cdc:s3cr3t-Pa55@db:5432/shop"', repr(dsn).replace("\\'", "''"))
+        key, line = "jobs[0].source.dsn", 5
+    else:
+        text = text.replace("      - type: file\n        path: ./out\n",
+                            f"      - type: postgres\n        dsn: {dsn!r}\n")
+        key, line = "jobs[0].sinks[0].dsn", 10
+    msg = error(text)
+    assert msg.startswith(f"cdc.yaml:{line}: {key}: Value error, not a valid PostgreSQL connection string: "), msg
+    assert problem in msg and "(job shop)" in msg
+    assert SECRET not in msg and SECRET[:4] not in msg and SECRET[4:] not in msg
+
+
+@pytest.mark.parametrize(
+    ("dsn", "problem"),
+    [
+        (f"mysql://cdc:{SECRET}@db:3306/shop?ssl=1", "it takes no ?options"),
+        (f"mysql://cdc:{SECRET}%@db:3306/shop", "must be written %25"),
+        (f"mysql://cdc:{SECRET[:4]}/{SECRET[4:]}@db:3306/shop", "the port must be a number"),
+    ],
+    ids=["option", "raw-percent", "slash-in-password"],
+)
+def test_malformed_mysql_dsn_is_refused_without_the_password(dsn: str, problem: str) -> None:
+    """A mysql:// DSN with an ignored ?option, a raw % or a password that breaks the URL is refused
+    without quoting the password."""
+    text = f"""\
+jobs:
+  - name: shop
+    source: {{type: mysql, dsn: "{dsn}", server_id: 7}}
+    sinks: [{{type: file, path: ./out}}]
+"""
+    msg = error(text)
+    assert msg.startswith("cdc.yaml:3: jobs[0].source: Value error, dsn must look like mysql://"), msg
+    assert problem in msg and "(job shop)" in msg
+    assert SECRET not in msg and SECRET[:4] not in msg and SECRET[4:] not in msg
+
+
+def test_a_well_formed_dsn_with_options_is_accepted() -> None:
+    """Known libpq options and percent-encoded passwords stay valid."""
+    cfg = parse(MINIMAL.replace("@db:5432/shop", "@db:5432/shop?sslmode=require&application_name=cdc")
+                .replace(SECRET, "pa%25ss%40word"))
+    assert "sslmode=require" in cfg.jobs[0].source.dsn.get_secret_value()
+
+
+# ---------------------------------------------------------------- hostile files
+
+
+def test_binary_config_file_is_one_error_line(tmp_path: Path) -> None:
+    """A file that is not UTF-8 text (a binary picked by mistake) names the file and line."""
+    path = tmp_path / "cdc.yaml"
+    path.write_bytes(b"jobs:\n  - name: \xff\xfe\x00\x01\n")
+    with pytest.raises(ConfigError, match=r"cdc.yaml:2: not UTF-8 text \(byte 0xff\)"):
+        load_config(path)
+
+
+def test_nul_byte_in_config_is_one_error_line() -> None:
+    """A NUL (or another control character) is invalid YAML naming its line, not a crash."""
+    msg = error(MINIMAL.replace("cdc_shop\n", "cdc\x00shop\n", 1))
+    assert msg == "cdc.yaml:6: invalid YAML: character #x0000 is not allowed in a config file"
+
+
+def test_yaml_alias_bomb_is_refused_at_once() -> None:
+    """A 'billion laughs' document (aliases of aliases) is refused within a bound instead of hanging."""
+    levels = "".join(f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 10)}]\n" for i in range(1, 10))
+    text = "x0: &x0 [lol]\n" + levels + MINIMAL
+    msg = error(text)
+    assert "the config expands to more than 100000 values" in msg
+
+
+def test_self_referencing_alias_is_refused() -> None:
+    """An alias inside its own anchor is refused, not a RecursionError."""
+    assert "deeper than 64 levels" in error("loop: &a [*a]\n" + MINIMAL)
+
+
+def test_aliases_within_the_bound_share_blocks() -> None:
+    """Anchors and aliases (and merge keys) still work for sharing a block between jobs."""
+    text = MINIMAL.replace("    sinks:\n", "    retry: &retry {initial_backoff_s: 3}\n    sinks:\n") + """\
+  - name: shop2
+    source: {type: postgres, dsn: "postgresql://cdc@db/shop", slot: s2, publication: p2}
+    retry: *retry
+    sinks: [{type: file, path: ./out2}]
+"""
+    assert [j.retry.initial_backoff_s for j in parse(text).jobs] == [3, 3]
+
+
+# ---------------------------------------------------------------- file modes
+
+
+def test_umask_defaults_to_owner_only_and_is_validated() -> None:
+    """umask is 0077 by default; quoted octal digits are accepted, numbers and owner-blocking masks refused."""
+    assert parse(MINIMAL).umask_bits() == 0o077
+    assert parse('umask: "0027"\n' + MINIMAL).umask_bits() == 0o027
+    assert "write the umask as quoted octal digits" in error("umask: 0027\n" + MINIMAL)
+    assert "keep the first digit 0" in error('umask: "0277"\n' + MINIMAL)
+    assert error('umask: "999"\n' + MINIMAL).startswith("cdc.yaml:1: umask: ")

@@ -204,7 +204,7 @@ def test_routing_templates_and_broker_safe_names() -> None:
 
 
 def yaml_job(sink: str) -> str:
-    return ("jobs:\n  - name: shop\n    source: {type: postgres, dsn: x, slot: s, publication: p}\n"
+    return ("jobs:\n  - name: shop\n    source: {type: postgres, dsn: 'host=x', slot: s, publication: p}\n"
             f"    sinks:\n      - {sink}\n")
 
 

@@ -251,7 +251,8 @@ def test_endpoint_serves_http_on_a_socket() -> None:
             await endpoint.close()
 
     ok, bad = asyncio.run(go())
-    assert ok.startswith(b"HTTP/1.1 200 OK\r\n") and ok.endswith(b'"status": "ok",\n  "failing": {}\n}\n')
+    assert ok.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert ok.endswith(b'"status": "ok",\n  "failing": {},\n  "retrying": {}\n}\n')
     assert bad.startswith(b"HTTP/1.1 400 ")
 
 
@@ -521,3 +522,154 @@ def test_sighup_restarts_changed_jobs_only(tmp_path: Path, monkeypatch: pytest.M
     assert sorted(built) == ["a", "b", "b", "c"]
     assert broken["last_reload"]["ok"] is False and "invalid YAML" in broken["last_reload"]["error"]
     assert broken["jobs"] == ["a", "b", "c"]
+
+
+# ---------------------------------------------------------------- supervision
+
+
+Build = Any  # (job, checkpoints, state_dir) -> Pipeline
+
+
+def supervised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, build: Build, *, jobs: int = 1,
+               backoff_s: float = 0.05) -> daemon_module.Daemon:
+    """A daemon over `jobs` copies of `file_config`'s job (named j, j1, ...) whose pipelines `build` makes."""
+    from cdc.config import RetryConfig
+
+    cfg = file_config(tmp_path)
+    retry = RetryConfig(initial_backoff_s=backoff_s, max_backoff_s=backoff_s, unhealthy_after_s=0)
+    job_list = [cfg.jobs[0].model_copy(update={"name": f"j{i}" if i else "j", "retry": retry}) for i in range(jobs)]
+    monkeypatch.setattr(daemon_module, "build_pipeline", build)
+    return daemon_module.Daemon(cfg.model_copy(update={"jobs": job_list}), job_list)
+
+
+def one_batch_then_stop(job: JobConfig, sink: FakeSink) -> Pipeline:
+    return Pipeline(job.name, FakeSource([batch(10)], stop_after=1), [sink], BatchPolicy(), MemoryCheckpoints())
+
+
+def test_a_retryable_failure_at_first_start_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retryable error before the job ever streamed (two jobs racing to create one target table) is retried
+    with backoff like any later failure: the job streams on its second attempt and cdc exits 0."""
+    sinks: list[FakeSink] = []
+
+    class RacingSink(FakeSink):
+        async def open(self) -> None:
+            await super().open()
+            if not sinks[:-1]:
+                raise SinkWriteError('sink s: cannot open: duplicate key value violates "pg_type_typname_nsp_index"')
+
+    def build(job: JobConfig, checkpoints: Any, state_dir: Path) -> Pipeline:
+        sinks.append(RacingSink("s"))
+        return one_batch_then_stop(job, sinks[-1])
+
+    d = supervised(tmp_path, monkeypatch, build)
+    assert asyncio.run(asyncio.wait_for(d.run(), 10)) == 0
+    outcome = d.outcomes["j"]
+    assert outcome.error is None and outcome.attempts == 2
+    assert [len(s.written) for s in sinks] == [0, 1]
+
+
+@pytest.mark.parametrize("streamed_before", [False, True], ids=["first-start", "has-checkpoint"])
+def test_an_unreachable_source_is_a_mistake_only_for_a_job_that_never_streamed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed_before: bool) -> None:
+    """An unreachable source stops a job without a checkpoint (exit 2), but a job that streamed before
+    (a checkpoint in the store: cdc restarted during an outage) retries it until the source is back."""
+    from cdc.errors import SourceUnreachableError
+
+    if streamed_before:
+        FileCheckpointStore(tmp_path / "state").save("j", Checkpoint(Position(5), {"s": Position(5)}))
+    attempts: list[int] = []
+
+    class DownSource(FakeSource):
+        async def start(self, resume_from: Position | None) -> None:
+            attempts.append(1)
+            if len(attempts) <= 2:
+                raise SourceUnreachableError("postgres source: cannot connect: Connection refused")
+
+    def build(job: JobConfig, checkpoints: Any, state_dir: Path) -> Pipeline:
+        return Pipeline(job.name, DownSource([batch(10)], stop_after=1), [FakeSink("s")], BatchPolicy(),
+                        MemoryCheckpoints())
+
+    d = supervised(tmp_path, monkeypatch, build)
+    code = asyncio.run(asyncio.wait_for(d.run(), 10))
+    if streamed_before:
+        assert (code, len(attempts), d.outcomes["j"].error) == (0, 3, None)
+    else:
+        assert (code, len(attempts), type(d.outcomes["j"].error)) == (2, 1, SourceUnreachableError)
+
+
+def test_a_job_that_fails_while_being_built_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception while building a job's pipeline is that job's failure (logged, exit code), never a silent
+    exit 0, and the other job runs on."""
+    def build(job: JobConfig, checkpoints: Any, state_dir: Path) -> Pipeline:
+        if job.name == "j":
+            raise ValueError("the driver refused the connection string")
+        return one_batch_then_stop(job, FakeSink("s"))
+
+    d = supervised(tmp_path, monkeypatch, build, jobs=2)
+    assert asyncio.run(asyncio.wait_for(d.run(), 10)) == 1
+    error = d.outcomes["j"].error
+    assert error is not None and "internal error ValueError: the driver refused" in str(error)
+    assert d.outcomes["j1"].error is None and d.outcomes["j1"].events == 1
+    assert d.board.jobs["j"].state is JobState.FAILED
+
+
+def test_a_failed_job_does_not_make_the_daemon_spin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one job failed for good and one idle job running, the daemon waits without burning CPU
+    (< 0.5 s of process CPU time over 3 s)."""
+    import psutil
+
+    from cdc.errors import SourceSetupError
+
+    class MisconfiguredSource(FakeSource):
+        async def start(self, resume_from: Position | None) -> None:
+            raise SourceSetupError("postgres source: wal_level is replica")
+
+    def build(job: JobConfig, checkpoints: Any, state_dir: Path) -> Pipeline:
+        source = MisconfiguredSource([]) if job.name == "j" else FakeSource([], wait_for_stop=True)
+        return Pipeline(job.name, source, [FakeSink("s")], BatchPolicy(), MemoryCheckpoints())
+
+    d = supervised(tmp_path, monkeypatch, build, jobs=2)
+    process = psutil.Process()
+
+    async def go() -> tuple[int, float]:
+        task = asyncio.create_task(d.run())
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if d.outcomes["j"].error is not None:
+                break
+        before = process.cpu_times()
+        await asyncio.sleep(3.0)
+        after = process.cpu_times()
+        d._on_signal(__import__("signal").SIGTERM)
+        code = await asyncio.wait_for(task, 10)
+        return code, (after.user - before.user) + (after.system - before.system)
+
+    code, cpu_s = asyncio.run(go())
+    assert d.outcomes["j"].error is not None and d.board.jobs["j1"].state is not JobState.FAILED
+    assert code == 2
+    assert cpu_s < 0.5, f"the daemon used {cpu_s:.2f} s of CPU in 3 s while idle"
+
+
+def test_a_secret_in_a_job_error_never_reaches_healthz_or_status(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job error quoting a DSN password (a driver echoing a malformed connection string) is stored
+    redacted: /healthz, /status (and so `cdc status --json`) and the outcome never show the secret."""
+    from cdc import redaction
+    from cdc.errors import SourceUnreachableError
+
+    secret = f"pw-{secrets.token_hex(6)}"
+    redaction.register([secret])
+
+    class LeakySource(FakeSource):
+        async def start(self, resume_from: Position | None) -> None:
+            raise SourceUnreachableError(f'postgres source: cannot connect: invalid percent-encoded token: "{secret}"')
+
+    def build(job: JobConfig, checkpoints: Any, state_dir: Path) -> Pipeline:
+        return Pipeline(job.name, LeakySource([]), [FakeSink("s")], BatchPolicy(), MemoryCheckpoints())
+
+    d = supervised(tmp_path, monkeypatch, build)
+    assert asyncio.run(asyncio.wait_for(d.run(), 10)) == 2
+    endpoint = HttpEndpoint(d.board, d._status)
+    bodies = [endpoint.respond("GET", path)[2].decode() for path in ("/healthz", "/status")]
+    assert all("invalid percent-encoded token" in body for body in bodies)
+    assert all(secret not in body for body in bodies), bodies

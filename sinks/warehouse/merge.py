@@ -37,7 +37,7 @@ import structlog
 from psycopg import sql
 
 from cdc.columnar import OP, holds_rows, keep_column, mirror_steps, origin_column, refuse_reserved_columns
-from cdc.errors import CdcError, CheckpointError, SinkError, SinkWriteError, first_line
+from cdc.errors import CdcError, CheckpointError, SinkError, SinkUnreachableError, SinkWriteError, first_line
 from cdc.events import ChangeBatch, Position, TableChanges, TableSchema
 from sinks.warehouse.schema import Change, Dialect, TargetNames, evolve
 
@@ -163,6 +163,10 @@ class WarehouseSink:
         engine = self.engine
         try:
             engine.connect()
+        except engine.errors as err:  # a setup mistake at a job's first start, an outage later
+            raise SinkUnreachableError(
+                f"{self._what()}: cannot open {engine.describe()}: {first_line(err)}") from err
+        try:
             engine.begin()
             engine.lock_catalog()
             engine.execute(self._checkpoint_ddl())
