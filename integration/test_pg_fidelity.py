@@ -415,3 +415,98 @@ def test_special_dates_and_times_in_delta_duckdb_and_a_postgres_target(
         (5, "262142-12-31", "262142-12-31 23:59:59.999999", "262143-01-01 00:00:00+00", "00:00:00.000001"),
         (6, "2026-01-02", "2026-01-02 03:04:05.123456", "2026-01-02 03:04:05.5+00", None),
     ]
+
+
+#: Rows of the special-arrays table: (id, date[], timestamp[], timestamptz[], time[]), as SQL literals.
+#: Each is inserted twice: before the daemon starts (snapshot) and with id + 10 while it streams.
+SPECIAL_ARRAY_ROWS = (
+    (1, "'{infinity,-infinity,NULL}'", "'{infinity,-infinity,NULL}'", "'{infinity,-infinity,NULL}'",
+     "'{24:00:00,00:00:00,NULL}'"),
+    (2, "'{\"4713-01-01 BC\",5874897-12-31,262142-12-31}'",
+     "'{\"4713-01-01 00:00:00 BC\",\"262142-12-31 23:59:59.999999\",\"294276-12-31 23:59:59.999999\"}'",
+     "'{\"4713-01-01 00:00:00+00 BC\",\"262143-01-01 00:00:00+00\",\"0044-03-15 12:00:00+00 BC\"}'",
+     "'{23:59:59.999999,12:00:00.5,00:00:00.000001}'"),
+    (3, "'{}'", "NULL", "'{\"2026-01-02 03:04:05.5+00\"}'", "'{}'"),
+    (4, "'{{infinity,2026-01-02},{-infinity,NULL}}'", "'{{-infinity},{\"10000-01-01 00:00:00\"}}'",
+     "'{{-infinity,infinity}}'", "'{{24:00:00},{01:02:03}}'"),
+)
+#: Where a sink loading Arrow cannot store the source's own text (docs/types.md): timestamps after
+#: 294247-01-10 are NULL elements, and arrays of more than one dimension are flattened row-major.
+ARRAY_TEXT_CHANGES = {
+    (2, "ts"): '{"4713-01-01 00:00:00 BC","262142-12-31 23:59:59.999999",NULL}',
+    (4, "d"): "{infinity,2026-01-02,-infinity,NULL}",
+    (4, "ts"): '{-infinity,"10000-01-01 00:00:00"}',
+    (4, "tz"): "{-infinity,infinity}",
+    (4, "t"): "{24:00:00,01:02:03}",
+}
+#: What DuckDB prints for the elements (its own text: BC as "(BC)", a UTC session).
+DUCKDB_ARRAY_TEXT = {
+    1: (["infinity", "-infinity", None], ["infinity", "-infinity", None], ["infinity", "-infinity", None],
+        ["24:00:00", "00:00:00", None]),
+    2: (["4713-01-01 (BC)", "5874897-12-31", "262142-12-31"],
+        ["4713-01-01 (BC) 00:00:00", "262142-12-31 23:59:59.999999", None],
+        ["4713-01-01 (BC) 00:00:00+00", "262143-01-01 00:00:00+00", "0044-03-15 (BC) 12:00:00+00"],
+        ["23:59:59.999999", "12:00:00.5", "00:00:00.000001"]),
+    3: ([], None, ["2026-01-02 03:04:05.5+00"], []),
+    4: (["infinity", "2026-01-02", "-infinity", None], ["-infinity", "10000-01-01 00:00:00"],
+        ["-infinity", "infinity"], ["24:00:00", "01:02:03"]),
+}
+
+
+def test_special_dates_and_times_inside_arrays_in_duckdb_and_a_postgres_target(
+    pg: PgDatabase, target: PgDatabase, tmp_path: Path, daemons: Daemons
+) -> None:
+    """infinity, -infinity, BC, far years and 24:00:00 as array elements, snapshot and streamed: DuckDB and
+    the PostgreSQL target store PostgreSQL's own values (the target prints the source's own text)."""
+    pg.execute("CREATE TABLE special_arrays (id int PRIMARY KEY, d date[], ts timestamp[], tz timestamptz[], "
+               "t time[])")
+
+    def insert(offset: int) -> None:
+        values = ", ".join(f"({i + offset}, {', '.join(row)})" for i, *row in SPECIAL_ARRAY_ROWS)
+        pg.execute(f"INSERT INTO special_arrays VALUES {values}")  # noqa: S608 - test constants
+
+    insert(0)
+    files = JobFiles(tmp_path / "job")
+    duck = tmp_path / "arrays.duckdb"
+    doc = job_config(files, dsn=pg.dsn, slot=pg.name("slot"), publication=pg.name("pub"),
+                     include=["public.special_arrays"])
+    doc["jobs"][0]["snapshot"] = "initial"
+    doc["jobs"][0]["sinks"] = [{"type": "duckdb", "path": str(duck)}, {"type": "postgres", "dsn": target.dsn}]
+    write_config(files, doc)
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    daemon.wait_for("replication_started", timeout=60)
+    insert(10)
+    n = 2 * len(SPECIAL_ARRAY_ROWS)
+
+    def target_count() -> int:
+        try:
+            return int(target.query("SELECT count(*) FROM public.special_arrays")[0][0])
+        except psycopg.errors.UndefinedTable:
+            return 0
+
+    def written() -> bool:
+        if any(e.get("event") == "job_failed" for e in daemon.events()):
+            raise AssertionError(daemon.tail())
+        return target_count() == n
+
+    try:
+        wait_until(written, 30, "the PostgreSQL target to hold the rows")
+    except AssertionError:
+        raise AssertionError(daemon.tail()) from None
+    assert daemon.terminate(10.0) == 0, daemon.tail()
+
+    columns = ("d", "ts", "tz", "t")
+    texts = "SELECT id, d::text, ts::text, tz::text, t::text FROM public.special_arrays ORDER BY id"
+    expected = [
+        (r[0], *(ARRAY_TEXT_CHANGES.get((r[0] % 10, c), text) for c, text in zip(columns, r[1:], strict=True)))
+        for r in pg.query(texts)
+    ]
+    assert target.query(texts) == expected
+    con = duckdb.connect(str(duck), read_only=True)
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        found = con.execute("SELECT id, CAST(d AS VARCHAR[]), CAST(ts AS VARCHAR[]), CAST(tz AS VARCHAR[]), "
+                            "CAST(t AS VARCHAR[]) FROM public.special_arrays ORDER BY id").fetchall()
+    finally:
+        con.close()
+    assert found == [(i + offset, *DUCKDB_ARRAY_TEXT[i]) for offset in (0, 10) for i in sorted(DUCKDB_ARRAY_TEXT)]
