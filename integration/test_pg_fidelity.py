@@ -4,7 +4,8 @@ and times each sink stores (docs/types.md, "Special dates and times").
 
 Each test runs the real daemon into the file sink and compares what the sink rebuilds
 with the source table after the run (integration/daemon.py); the special values are read
-back from a Delta mirror, a DuckDB file and a PostgreSQL target with their own engines.
+back from a Delta mirror, a DuckDB file and a PostgreSQL target with their own engines
+(one test drives the PostgreSQL target's sink directly, through both of its apply paths).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import pytest
 from deltalake import DeltaTable, QueryBuilder
 from deltalake.exceptions import TableNotFoundError
 
+from cdc.events import UNCHANGED, ChangeBatch, Column, Position, TableId, TableSchema, Transaction
 from cdc.sandbox import DisposablePostgres
+from connectors.postgres import types as pgt
 from integration.conftest import PgDatabase, database_name
 from integration.daemon import (
     Daemon,
@@ -37,6 +40,8 @@ from integration.daemon import (
     wait_until,
     write_config,
 )
+from sinks.warehouse.postgres import postgres_sink
+from tests.builders import TS, table, write_all
 
 
 def start_job(pg: PgDatabase, tmp_path: Path, daemons: Daemons, include: list[str], **source: Any) -> tuple[
@@ -476,6 +481,8 @@ def test_special_dates_and_times_inside_arrays_in_duckdb_and_a_postgres_target(
     daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
     daemon.wait_for("replication_started", timeout=60)
     insert(10)
+    # Updates carrying the same arrays: the target's update path (MERGE on 15+) converts them too.
+    pg.execute("UPDATE special_arrays SET d = d, ts = ts, tz = tz, t = t WHERE id > 10")
     n = 2 * len(SPECIAL_ARRAY_ROWS)
 
     def target_count() -> int:
@@ -510,3 +517,36 @@ def test_special_dates_and_times_inside_arrays_in_duckdb_and_a_postgres_target(
     finally:
         con.close()
     assert found == [(i + offset, *DUCKDB_ARRAY_TEXT[i]) for offset in (0, 10) for i in sorted(DUCKDB_ARRAY_TEXT)]
+
+
+@pytest.mark.parametrize("use_merge", [None, False], ids=["merge", "delete-insert"])
+def test_postgres_target_keeps_and_updates_special_arrays(target: PgDatabase, use_merge: bool | None) -> None:
+    """Arrays holding infinities, BC and 24:00:00 are inserted, kept when unchanged and updated exactly, with
+    MERGE and with the DELETE + INSERT of servers before 15."""
+    tid = TableId("shop", "public", "arr")
+    schema = TableSchema(tid, (Column("id", "int4", pgt.INT4, key=True), Column("n", "int4", pgt.INT4),
+                               Column("d", "date[]", 1182), Column("tz", "timestamptz[]", 1185),
+                               Column("t", "time[]", 1183)))
+    batches = [
+        ChangeBatch(Position(100), [table(schema, [("c", Transaction(1, 100, TS), 1, 0, None, (
+            b"1", b"0", b"{infinity,-infinity,NULL}", b'{"4713-01-01 00:00:00+00 BC",infinity}', b"{24:00:00}"))])]),
+        ChangeBatch(Position(200), [table(schema, [("u", Transaction(2, 200, TS), 1, 0, None, (
+            b"1", b"1", UNCHANGED, UNCHANGED, UNCHANGED))])]),
+        ChangeBatch(Position(300), [table(schema, [("u", Transaction(3, 300, TS), 1, 0, None, (
+            b"1", b"2", b"{-infinity,5874897-12-31}", UNCHANGED, b"{NULL,00:00:00,24:00:00}"))])]),
+    ]
+    write_all(postgres_sink("postgres", target.dsn, job="j", use_merge=use_merge), *batches[:2])
+    assert target.query("SELECT n, d::text, tz::text, t::text FROM public.arr") == [
+        (1, "{infinity,-infinity,NULL}", '{"4713-01-01 00:00:00+00 BC",infinity}', "{24:00:00}")]
+    write_all(postgres_sink("postgres", target.dsn, job="j", use_merge=use_merge), batches[2])
+    assert target.query("SELECT n, d::text, tz::text, t::text FROM public.arr") == [
+        (2, "{-infinity,5874897-12-31}", '{"4713-01-01 00:00:00+00 BC",infinity}', "{NULL,00:00:00,24:00:00}")]
+
+
+def test_postgres_target_keeps_24_00_inside_time_arrays(target: PgDatabase) -> None:
+    """A time[] holding 24:00:00 arrives as 24:00:00, never as 00:00:00 (Python's time cannot hold it)."""
+    schema = TableSchema(TableId("shop", "public", "clock"), (
+        Column("id", "int4", pgt.INT4, key=True), Column("t", "time[]", 1183)))
+    write_all(postgres_sink("postgres", target.dsn, job="j"), ChangeBatch(Position(100), [table(schema, [
+        ("c", Transaction(1, 100, TS), 1, 0, None, (b"1", b"{24:00:00,00:00:00,23:59:59.999999}"))])]))
+    assert target.query("SELECT t::text FROM public.clock") == [("{24:00:00,00:00:00,23:59:59.999999}",)]
