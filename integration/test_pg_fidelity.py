@@ -4,7 +4,8 @@ and times each sink stores (docs/types.md, "Special dates and times").
 
 Each test runs the real daemon into the file sink and compares what the sink rebuilds
 with the source table after the run (integration/daemon.py); the special values are read
-back from a Delta mirror, a DuckDB file and a PostgreSQL target with their own engines.
+back from a Delta mirror, a DuckDB file and a PostgreSQL target with their own engines
+(one test drives the PostgreSQL target's sink directly, through both of its apply paths).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import pytest
 from deltalake import DeltaTable, QueryBuilder
 from deltalake.exceptions import TableNotFoundError
 
+from cdc.events import UNCHANGED, ChangeBatch, Column, Position, TableId, TableSchema, Transaction
 from cdc.sandbox import DisposablePostgres
+from connectors.postgres import types as pgt
 from integration.conftest import PgDatabase, database_name
 from integration.daemon import (
     Daemon,
@@ -37,6 +40,8 @@ from integration.daemon import (
     wait_until,
     write_config,
 )
+from sinks.warehouse.postgres import postgres_sink
+from tests.builders import TS, table, write_all
 
 
 def start_job(pg: PgDatabase, tmp_path: Path, daemons: Daemons, include: list[str], **source: Any) -> tuple[
@@ -415,3 +420,133 @@ def test_special_dates_and_times_in_delta_duckdb_and_a_postgres_target(
         (5, "262142-12-31", "262142-12-31 23:59:59.999999", "262143-01-01 00:00:00+00", "00:00:00.000001"),
         (6, "2026-01-02", "2026-01-02 03:04:05.123456", "2026-01-02 03:04:05.5+00", None),
     ]
+
+
+#: Rows of the special-arrays table: (id, date[], timestamp[], timestamptz[], time[]), as SQL literals.
+#: Each is inserted twice: before the daemon starts (snapshot) and with id + 10 while it streams.
+SPECIAL_ARRAY_ROWS = (
+    (1, "'{infinity,-infinity,NULL}'", "'{infinity,-infinity,NULL}'", "'{infinity,-infinity,NULL}'",
+     "'{24:00:00,00:00:00,NULL}'"),
+    (2, "'{\"4713-01-01 BC\",5874897-12-31,262142-12-31}'",
+     "'{\"4713-01-01 00:00:00 BC\",\"262142-12-31 23:59:59.999999\",\"294276-12-31 23:59:59.999999\"}'",
+     "'{\"4713-01-01 00:00:00+00 BC\",\"262143-01-01 00:00:00+00\",\"0044-03-15 12:00:00+00 BC\"}'",
+     "'{23:59:59.999999,12:00:00.5,00:00:00.000001}'"),
+    (3, "'{}'", "NULL", "'{\"2026-01-02 03:04:05.5+00\"}'", "'{}'"),
+    (4, "'{{infinity,2026-01-02},{-infinity,NULL}}'", "'{{-infinity},{\"10000-01-01 00:00:00\"}}'",
+     "'{{-infinity,infinity}}'", "'{{24:00:00},{01:02:03}}'"),
+)
+#: Where a sink loading Arrow cannot store the source's own text (docs/types.md): timestamps after
+#: 294247-01-10 are NULL elements, and arrays of more than one dimension are flattened row-major.
+ARRAY_TEXT_CHANGES = {
+    (2, "ts"): '{"4713-01-01 00:00:00 BC","262142-12-31 23:59:59.999999",NULL}',
+    (4, "d"): "{infinity,2026-01-02,-infinity,NULL}",
+    (4, "ts"): '{-infinity,"10000-01-01 00:00:00"}',
+    (4, "tz"): "{-infinity,infinity}",
+    (4, "t"): "{24:00:00,01:02:03}",
+}
+#: What DuckDB prints for the elements (its own text: BC as "(BC)", a UTC session).
+DUCKDB_ARRAY_TEXT = {
+    1: (["infinity", "-infinity", None], ["infinity", "-infinity", None], ["infinity", "-infinity", None],
+        ["24:00:00", "00:00:00", None]),
+    2: (["4713-01-01 (BC)", "5874897-12-31", "262142-12-31"],
+        ["4713-01-01 (BC) 00:00:00", "262142-12-31 23:59:59.999999", None],
+        ["4713-01-01 (BC) 00:00:00+00", "262143-01-01 00:00:00+00", "0044-03-15 (BC) 12:00:00+00"],
+        ["23:59:59.999999", "12:00:00.5", "00:00:00.000001"]),
+    3: ([], None, ["2026-01-02 03:04:05.5+00"], []),
+    4: (["infinity", "2026-01-02", "-infinity", None], ["-infinity", "10000-01-01 00:00:00"],
+        ["-infinity", "infinity"], ["24:00:00", "01:02:03"]),
+}
+
+
+def test_special_dates_and_times_inside_arrays_in_duckdb_and_a_postgres_target(
+    pg: PgDatabase, target: PgDatabase, tmp_path: Path, daemons: Daemons
+) -> None:
+    """infinity, -infinity, BC, far years and 24:00:00 as array elements, snapshot and streamed: DuckDB and
+    the PostgreSQL target store PostgreSQL's own values (the target prints the source's own text)."""
+    pg.execute("CREATE TABLE special_arrays (id int PRIMARY KEY, d date[], ts timestamp[], tz timestamptz[], "
+               "t time[])")
+
+    def insert(offset: int) -> None:
+        values = ", ".join(f"({i + offset}, {', '.join(row)})" for i, *row in SPECIAL_ARRAY_ROWS)
+        pg.execute(f"INSERT INTO special_arrays VALUES {values}")  # noqa: S608 - test constants
+
+    insert(0)
+    files = JobFiles(tmp_path / "job")
+    duck = tmp_path / "arrays.duckdb"
+    doc = job_config(files, dsn=pg.dsn, slot=pg.name("slot"), publication=pg.name("pub"),
+                     include=["public.special_arrays"])
+    doc["jobs"][0]["snapshot"] = "initial"
+    doc["jobs"][0]["sinks"] = [{"type": "duckdb", "path": str(duck)}, {"type": "postgres", "dsn": target.dsn}]
+    write_config(files, doc)
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    daemon.wait_for("replication_started", timeout=60)
+    insert(10)
+    # Updates carrying the same arrays: the target's update path (MERGE on 15+) converts them too.
+    pg.execute("UPDATE special_arrays SET d = d, ts = ts, tz = tz, t = t WHERE id > 10")
+    n = 2 * len(SPECIAL_ARRAY_ROWS)
+
+    def target_count() -> int:
+        try:
+            return int(target.query("SELECT count(*) FROM public.special_arrays")[0][0])
+        except psycopg.errors.UndefinedTable:
+            return 0
+
+    def written() -> bool:
+        if any(e.get("event") == "job_failed" for e in daemon.events()):
+            raise AssertionError(daemon.tail())
+        return target_count() == n
+
+    try:
+        wait_until(written, 30, "the PostgreSQL target to hold the rows")
+    except AssertionError:
+        raise AssertionError(daemon.tail()) from None
+    assert daemon.terminate(10.0) == 0, daemon.tail()
+
+    columns = ("d", "ts", "tz", "t")
+    texts = "SELECT id, d::text, ts::text, tz::text, t::text FROM public.special_arrays ORDER BY id"
+    expected = [
+        (r[0], *(ARRAY_TEXT_CHANGES.get((r[0] % 10, c), text) for c, text in zip(columns, r[1:], strict=True)))
+        for r in pg.query(texts)
+    ]
+    assert target.query(texts) == expected
+    con = duckdb.connect(str(duck), read_only=True)
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        found = con.execute("SELECT id, CAST(d AS VARCHAR[]), CAST(ts AS VARCHAR[]), CAST(tz AS VARCHAR[]), "
+                            "CAST(t AS VARCHAR[]) FROM public.special_arrays ORDER BY id").fetchall()
+    finally:
+        con.close()
+    assert found == [(i + offset, *DUCKDB_ARRAY_TEXT[i]) for offset in (0, 10) for i in sorted(DUCKDB_ARRAY_TEXT)]
+
+
+@pytest.mark.parametrize("use_merge", [None, False], ids=["merge", "delete-insert"])
+def test_postgres_target_keeps_and_updates_special_arrays(target: PgDatabase, use_merge: bool | None) -> None:
+    """Arrays holding infinities, BC and 24:00:00 are inserted, kept when unchanged and updated exactly, with
+    MERGE and with the DELETE + INSERT of servers before 15."""
+    tid = TableId("shop", "public", "arr")
+    schema = TableSchema(tid, (Column("id", "int4", pgt.INT4, key=True), Column("n", "int4", pgt.INT4),
+                               Column("d", "date[]", 1182), Column("tz", "timestamptz[]", 1185),
+                               Column("t", "time[]", 1183)))
+    batches = [
+        ChangeBatch(Position(100), [table(schema, [("c", Transaction(1, 100, TS), 1, 0, None, (
+            b"1", b"0", b"{infinity,-infinity,NULL}", b'{"4713-01-01 00:00:00+00 BC",infinity}', b"{24:00:00}"))])]),
+        ChangeBatch(Position(200), [table(schema, [("u", Transaction(2, 200, TS), 1, 0, None, (
+            b"1", b"1", UNCHANGED, UNCHANGED, UNCHANGED))])]),
+        ChangeBatch(Position(300), [table(schema, [("u", Transaction(3, 300, TS), 1, 0, None, (
+            b"1", b"2", b"{-infinity,5874897-12-31}", UNCHANGED, b"{NULL,00:00:00,24:00:00}"))])]),
+    ]
+    write_all(postgres_sink("postgres", target.dsn, job="j", use_merge=use_merge), *batches[:2])
+    assert target.query("SELECT n, d::text, tz::text, t::text FROM public.arr") == [
+        (1, "{infinity,-infinity,NULL}", '{"4713-01-01 00:00:00+00 BC",infinity}', "{24:00:00}")]
+    write_all(postgres_sink("postgres", target.dsn, job="j", use_merge=use_merge), batches[2])
+    assert target.query("SELECT n, d::text, tz::text, t::text FROM public.arr") == [
+        (2, "{-infinity,5874897-12-31}", '{"4713-01-01 00:00:00+00 BC",infinity}', "{NULL,00:00:00,24:00:00}")]
+
+
+def test_postgres_target_keeps_24_00_inside_time_arrays(target: PgDatabase) -> None:
+    """A time[] holding 24:00:00 arrives as 24:00:00, never as 00:00:00 (Python's time cannot hold it)."""
+    schema = TableSchema(TableId("shop", "public", "clock"), (
+        Column("id", "int4", pgt.INT4, key=True), Column("t", "time[]", 1183)))
+    write_all(postgres_sink("postgres", target.dsn, job="j"), ChangeBatch(Position(100), [table(schema, [
+        ("c", Transaction(1, 100, TS), 1, 0, None, (b"1", b"{24:00:00,00:00:00,23:59:59.999999}"))])]))
+    assert target.query("SELECT t::text FROM public.clock") == [("{24:00:00,00:00:00,23:59:59.999999}",)]

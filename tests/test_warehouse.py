@@ -8,13 +8,16 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
+from psycopg import sql
 
 from cdc.config import DuckDBSinkConfig, PostgresSinkConfig, PostgresSourceConfig, parse_config
 from cdc.errors import ConfigError, SinkError
 from cdc.events import UNCHANGED, ChangeBatch, Column, Position, RowChange, TableId, TableSchema, Transaction
 from connectors.postgres import types as pg
-from sinks.warehouse.duckdb import duckdb_sink
+from sinks.warehouse.duckdb import DuckDBEngine, duckdb_sink
+from sinks.warehouse.postgres import _staged_type
 from sinks.warehouse.schema import DUCKDB, POSTGRES, Change, TargetNames, evolve
 from tests.builders import ORDERS, TS, table, write_all
 from tests.test_columnar import key_move_batches
@@ -221,6 +224,62 @@ def test_special_values_reach_duckdb_exactly(tmp_path: Path) -> None:
         (2, "-infinity", "-infinity", "00:00:00", [], None),
         (3, "2026-01-02 03:04:05.123456+00", "2026-01-02", "12:34:56.000001", None, b""),
     ]
+
+
+def test_negative_infinity_inside_arrays_reaches_duckdb_as_its_own(tmp_path: Path) -> None:
+    """-infinity (and infinity) as elements of date, timestamp and timestamptz arrays are DuckDB's own
+    infinities, never its lowest value; 24:00:00 and NULL elements stay as they are."""
+    path = tmp_path / "w.duckdb"
+    schema = TableSchema(TableId("shop", "public", "special"), (
+        Column("id", "int4", pg.INT4, key=True), Column("d", "date[]", 1182), Column("ts", "timestamp[]", 1115),
+        Column("tz", "timestamptz[]", 1185), Column("t", "time[]", 1183)))
+    write_all(duckdb_sink("duckdb", path, job="j"), ChangeBatch(Position(100), [table(schema, [
+        ("c", tx(1), 1, 0, None, (b"1", b"{-infinity,infinity,NULL}", b"{-infinity,infinity}",
+                                  b"{{-infinity},{NULL}}", b"{24:00:00,NULL}")),
+        ("c", tx(1), 2, 0, None, (b"2", b"{2026-01-02}", None, b"{}", b"{00:00:00}")),
+    ])]))
+    got = rows(path, "SELECT id, d::VARCHAR[], ts::VARCHAR[], tz::VARCHAR[], t::VARCHAR[] FROM public.special "
+                     "ORDER BY id")
+    assert got == [
+        (1, ["-infinity", "infinity", None], ["-infinity", "infinity"], ["-infinity", None], ["24:00:00", None]),
+        (2, ["2026-01-02"], None, [], ["00:00:00"]),
+    ]
+
+
+def test_negative_infinity_inside_nested_and_sliced_lists_reaches_duckdb(tmp_path: Path) -> None:
+    """Lists of lists and sliced lists (offsets not at zero) get -infinity moved too, nulls and lengths kept."""
+    low_day, low_us = -(2**31), -(2**63)
+    days = pa.array([[[0], None], [[low_day, None]], None, [[], [low_day]]], pa.list_(pa.list_(pa.int32())))
+    micros = pa.array([[1], [low_us, 0], None, []], pa.list_(pa.int64()))
+    staged = pa.table({
+        "d": days.cast(pa.list_(pa.list_(pa.date32()))).slice(1),
+        "ts": micros.cast(pa.list_(pa.timestamp("us"))).slice(1),
+    })
+    engine = DuckDBEngine(tmp_path / "w.duckdb")
+    engine.connect()
+    try:
+        relation = engine.stage(staged).as_string(None)
+        got = engine.con.execute(f"SELECT d::VARCHAR[][], ts::VARCHAR[] FROM {relation}").fetchall()  # noqa: S608
+    finally:
+        engine.close()
+    assert got == [([["-infinity", None]], ["-infinity", "1970-01-01 00:00:00"]), (None, None),
+                   ([[], ["-infinity"]], [])]
+
+
+@pytest.mark.parametrize(("arrow", "low", "high"), [
+    (pa.date32(), -(2**31), 2**31 - 1),
+    (pa.timestamp("us"), -(2**63), 2**63 - 1),
+    (pa.timestamp("us", tz="UTC"), -(2**63), 2**63 - 1),
+    (pa.time64("us"), 0, 86_400_000_000),
+], ids=str)
+def test_postgres_target_stages_temporal_arrays_as_integers(arrow: pa.DataType, low: int, high: int) -> None:
+    """Arrays of dates, times and timestamps reach COPY as their integers (infinities, 24:00:00 and years
+    Python cannot hold included), to be converted element by element in SQL."""
+    storage = pa.int32() if pa.types.is_date32(arrow) else pa.int64()
+    column = pa.array([[low, high, None], None, []], pa.list_(storage)).cast(pa.list_(arrow))
+    staged, _ = _staged_type(column.type, sql.Identifier("c"))
+    assert staged == pa.list_(storage)
+    assert pc.cast(column, staged).to_pylist() == [[low, high, None], None, []]
 
 
 def test_table_without_key_is_refused(tmp_path: Path) -> None:

@@ -149,18 +149,48 @@ class DuckDBEngine:
 
 
 def _duckdb_infinities(rows: pa.Table) -> pa.Table:
-    """Move Arrow's lowest date and timestamp (PostgreSQL's -infinity) to DuckDB's -infinity."""
+    """Move Arrow's lowest date and timestamp (PostgreSQL's -infinity) to DuckDB's -infinity, in
+    plain columns and as elements of lists (nested ones too); other columns are returned as they are."""
     for i, f in enumerate(rows.schema):
-        if not (pa.types.is_timestamp(f.type) or pa.types.is_date32(f.type)):
+        if not _holds_dates(f.type):
             continue
-        storage = pa.int64() if pa.types.is_timestamp(f.type) else pa.int32()
-        low, duck_low = _NEG_INFINITY[storage]
-        raw = pc.cast(rows.column(i), storage)
-        if pc.min(raw).as_py() != low:
-            continue
-        fixed = pc.if_else(pc.equal(raw, low), pa.scalar(duck_low, storage), raw)
-        rows = rows.set_column(i, f, pc.cast(fixed, f.type))
+        column = rows.column(i)
+        chunks = [_moved(chunk) for chunk in column.chunks]
+        if any(new is not old for new, old in zip(chunks, column.chunks, strict=True)):
+            rows = rows.set_column(i, f, pa.chunked_array(chunks, f.type))
     return rows
+
+
+def _holds_dates(t: pa.DataType) -> bool:
+    """True for a date or timestamp type, or a list (of lists ...) of one."""
+    if _is_list(t):
+        return _holds_dates(t.value_type)
+    return bool(pa.types.is_timestamp(t) or pa.types.is_date32(t))
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
+
+
+def _moved(values: pa.Array) -> pa.Array:
+    """`values` with Arrow's lowest date or timestamp replaced by DuckDB's -infinity; `values` itself
+    (the same object) when it holds none. A list keeps its own validity and offsets (slices included)
+    and gets its elements moved."""
+    t = values.type
+    if _is_list(t):
+        elements = values.values  # every element the list's buffers reach, its offset not applied
+        moved = _moved(elements)
+        if moved is elements:
+            return values
+        own = values.buffers()[: t.num_buffers]  # validity (and offsets): the children's follow
+        return pa.Array.from_buffers(t, len(values), own, values.null_count, values.offset, children=[moved])
+    storage = pa.int64() if pa.types.is_timestamp(t) else pa.int32()
+    low, duck_low = _NEG_INFINITY[storage]
+    raw = pc.cast(values, storage)
+    if pc.min(raw).as_py() != low:
+        return values
+    fixed = pc.if_else(pc.equal(raw, low), pa.scalar(duck_low, storage), raw)
+    return pc.cast(fixed, t)
 
 
 def duckdb_sink(

@@ -5,7 +5,8 @@ applied by the shared statements of `sinks.warehouse.merge`: one MERGE on Postgr
 (updates in place; about 20% faster there than DELETE + INSERT), DELETE + INSERT before 15;
 with the ``_cdc_checkpoints`` row in the same transaction. Dates, times and timestamps travel as
 their Arrow integers (days or microseconds since 1970) and are turned into PostgreSQL
-values in SQL, so infinities, ``24:00:00`` and years Python cannot hold arrive exactly.
+values in SQL, so infinities, ``24:00:00`` and years Python cannot hold arrive exactly; arrays
+of them travel as integer arrays and are converted element by element the same way.
 The session runs with ``timezone = UTC``.
 """
 
@@ -51,6 +52,15 @@ _FROM_DAYS: Final = sql.SQL(
 _FROM_TIME: Final = sql.SQL(
     "CASE WHEN {x} = 86400000000 THEN time '24:00:00' ELSE time '00:00' + {x} * interval '1 microsecond' END"
 )
+#: An array staged as the integers of its elements, turned into the array of their values
+#: (x: the staged column; convert: an expression of one element, `_ELEMENT`), order and NULLs kept.
+_ELEMENTWISE: Final = sql.SQL(
+    "CASE WHEN {x} IS NULL THEN NULL "
+    "ELSE ARRAY(SELECT {convert} FROM unnest({x}) WITH ORDINALITY AS _cdc_elements(_cdc_element, _cdc_ordinal) "
+    "ORDER BY _cdc_ordinal) END"
+)
+#: One element of `_ELEMENTWISE` (source columns cannot be named ``_cdc_*``, so no name clashes).
+_ELEMENT: Final = sql.Identifier("_cdc_element")
 
 
 class PostgresEngine:
@@ -160,6 +170,10 @@ def _staged_type(arrow: pa.DataType, x: sql.Composable) -> tuple[pa.DataType, sq
         return pa.int64(), _FROM_TIME.format(x=x)
     if pa.types.is_duration(arrow):  # MySQL's TIME (up to 838 hours) as microseconds, exact
         return pa.int64(), sql.SQL("{x} * interval '1 microsecond'").format(x=x)
+    if pa.types.is_list(arrow):
+        element, convert = _staged_type(arrow.value_type, _ELEMENT)
+        if convert is not _ELEMENT:  # elements staged as integers: converted one by one
+            return pa.list_(element), _ELEMENTWISE.format(x=x, convert=convert)
     return POSTGRES.stored(arrow), x  # 1-byte and unsigned integers as the wider type holding them
 
 
