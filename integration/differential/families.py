@@ -97,7 +97,9 @@ def _tz(r: random.Random) -> str:
 
 
 def _uuid(r: random.Random) -> str:
+    """A random version-4 UUID (MariaDB refuses other variants)."""
     h = f"{r.getrandbits(128):032x}"
+    h = h[:12] + "4" + h[13:16] + "89ab"[int(h[16], 16) % 4] + h[17:]
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

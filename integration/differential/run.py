@@ -420,10 +420,11 @@ def _my_equal(sink: str, expected: Any, actual: Any) -> bool:
 
 
 def _pg_python(dsn: str, schema: str, table: str) -> dict[int, dict[str, Any]] | None:
-    """The PostgreSQL target's table as psycopg's Python values."""
+    """The PostgreSQL target's table as psycopg's Python values (binary: a real is its exact float32)."""
     with psycopg.connect(dsn, autocommit=True, options="-c timezone=UTC") as conn:
         try:
-            cur = conn.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(schema, table)))
+            cur = conn.cursor(binary=True)
+            cur.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(schema, table)))
         except psycopg.errors.UndefinedTable:
             return None
         names = [d.name for d in cur.description or ()]
