@@ -209,6 +209,7 @@ class MySide:
                 columns = ", ".join(f"{my_quote(f.column)} {f.sql_type}" for f in families)
                 cur.execute(f"CREATE TABLE {my_quote(table)} (id INT PRIMARY KEY, {columns}, "
                             f"{my_quote(BIG_COLUMN)} LONGTEXT)")
+            cur.execute(f"CREATE TABLE {my_quote(self.MARK_TABLE)} (id INT PRIMARY KEY)")
             conn.commit()
 
     def add_column(self, table: str) -> None:
@@ -231,7 +232,15 @@ class MySide:
                 elif st.kind == "delete":
                     cur.execute(f"DELETE FROM {table} WHERE id = %s", [st.key])  # noqa: S608 - identifiers by my_quote, values as parameters
                 elif st.kind == "truncate":
-                    cur.execute(f"DELETE FROM {table}")  # TRUNCATE is DDL in MySQL: no row events  # noqa: S608 - identifiers by my_quote, values as parameters
+                    cur.execute(f"TRUNCATE TABLE {table}")
+            conn.commit()
+
+    #: A captured table outside the plan: one row committed after the workload tells when a sink caught up.
+    MARK_TABLE = "t_mark"
+
+    def mark(self) -> None:
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"INSERT INTO {my_quote(self.MARK_TABLE)} VALUES (1)")  # noqa: S608 - a constant name
             conn.commit()
 
     def read(self, table: str, columns: Sequence[str], selects: Sequence[str]) -> Rows:

@@ -144,7 +144,7 @@ class _Generator:
 
     def some_values(self, table: _Table) -> dict[str, Any]:
         """New values for 1-4 random non-key columns (never the big column: it stays unchanged)."""
-        chosen = self.rng.sample(table.families, k=self.rng.randint(1, 4))
+        chosen = self.rng.sample(table.families, k=min(len(table.families), self.rng.randint(1, 4)))
         values = {f.column: self.value(table, f) for f in chosen}
         if table.added and self.rng.random() < 0.5:
             values[ADDED_COLUMN] = self.added_value()
