@@ -49,7 +49,7 @@ def file_tables(path: Path) -> tuple[dict[str, Rows], list[str]]:
         if op in ("c", "u", "r"):
             key = int(after["id"])
             old = int(before["id"]) if before is not None and before.get("id") is not None else key
-            stored = (rows.pop(old, None) or rows.get(key, {})) if old != key else rows.get(key, {})
+            stored = (rows.pop(old, {}) or rows.get(key, {})) if old != key else rows.get(key, {})
             row = {}
             for column, value in after.items():
                 if value == UNAVAILABLE:

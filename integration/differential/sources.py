@@ -41,11 +41,11 @@ def pg_column_types(plan: Plan, table: str, added: bool) -> dict[str, str]:
     return types
 
 
-def pg_table_ddl(plan: Plan, table: str) -> list[sql.Composable]:
+def pg_table_ddl(plan: Plan, table: str) -> list[sql.Composed]:
     """CREATE TABLE of `table` (the key ``id``; ``c_big`` out of line; ``t_full`` REPLICA IDENTITY FULL)."""
     columns = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
                for c, t in pg_column_types(plan, table, False).items()]
-    out: list[sql.Composable] = [
+    out: list[sql.Composed] = [
         sql.SQL("CREATE TABLE {} ({}, PRIMARY KEY (id))").format(sql.Identifier(table), sql.SQL(", ").join(columns)),
         sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STORAGE EXTERNAL").format(
             sql.Identifier(table), sql.Identifier(BIG_COLUMN)),
@@ -55,7 +55,7 @@ def pg_table_ddl(plan: Plan, table: str) -> list[sql.Composable]:
     return out
 
 
-def pg_statement(types: Mapping[str, str], table: str, st: Statement) -> tuple[sql.Composable, list[Any]]:
+def pg_statement(types: Mapping[str, str], table: str, st: Statement) -> tuple[sql.Composed, list[Any]]:
     """The SQL and parameters of one plan statement; every value a text literal cast to its column type."""
     ident = sql.Identifier(table)
 
@@ -128,7 +128,7 @@ class PgSide:
         """Commit `tx` on the source (runs of inserts with the same columns go through executemany)."""
         with pg_connect(self.source_dsn) as conn, conn.transaction(), conn.cursor() as cur:
             run: list[list[Any]] = []
-            run_sql: sql.Composable | None = None
+            run_sql: sql.Composed | None = None
             for st in tx.statements:
                 query, params = pg_statement(pg_column_types(self.plan, st.table, st.table in self.added), st.table, st)
                 if st.kind == "insert" and run_sql is not None and query == run_sql:
@@ -195,12 +195,13 @@ class MySide:
 
     def __init__(self, plan: Plan, host: str, port: int, user: str, password: str, database: str) -> None:
         self.plan = plan
-        self.params = {"host": host, "port": port, "user": user, "password": password, "database": database}
+        self.host, self.port, self.user, self.password = host, port, user, password
         self.database = database
         self.added: set[str] = set()
 
     def connect(self) -> pymysql.connections.Connection[Any]:
-        return pymysql.connect(**self.params, charset="utf8mb4", autocommit=False,  # type: ignore[arg-type]
+        return pymysql.connect(host=self.host, port=self.port, user=self.user, password=self.password,
+                               database=self.database, charset="utf8mb4", autocommit=False,
                                init_command="SET time_zone='+00:00'")
 
     def create(self) -> None:
