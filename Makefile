@@ -58,3 +58,10 @@ bench: install servers
 
 clean:
 	rm -rf $(VENV) .demo .cdc-state .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+## soak: the differential test (integration/differential) over new seeds for MINUTES (default 30), or
+## one seed: make soak SEED=3; prints each seed's transactions, changes and pass/FAIL, then the failing seeds
+MINUTES ?= 30
+.PHONY: soak
+soak: install servers
+	$(BIN)/python -m bench.soak $(if $(SEED),--seed $(SEED),--minutes $(MINUTES))
