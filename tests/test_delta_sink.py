@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, QueryBuilder
 
 from cdc.checkpoints import no_position
 from cdc.columnar import KeylessTableError, ReservedColumnError
@@ -88,6 +88,24 @@ def test_mirror_moves_unchanged_values_with_the_key(tmp_path: Path) -> None:
     for b in batches:
         asyncio.run(s.write(b))
     assert rows(tmp_path) == expected
+
+
+def test_key_moves_and_widening_read_tables_holding_bc_dates(tmp_path: Path) -> None:
+    """Reading the stored rows back (a moved key's unchanged values, a column widened by a rewrite) works when
+    the table holds dates deltalake's Python side cannot parse (BC): found by the differential harness, seed 1."""
+    events = TableSchema(TableId("shop", "public", "events"), (
+        Column("id", "int4", pg.INT4, key=True), Column("day", "date", pg.DATE), Column("note", "text", pg.TEXT),
+        Column("n", "int4", pg.INT4)))
+    s = sink(tmp_path)
+    asyncio.run(s.write(batch(events, [("c", tx(1), 1, 0, None, (b"1", b"0044-03-15 BC", b"kept", b"1"))])))
+    asyncio.run(s.write(batch(events, [
+        ("u", tx(2), 1, 0, (b"1", None, None, None), (b"2", b"2026-01-02", UNCHANGED, b"2"))])))
+    wide = TableSchema(events.table, (*events.columns[:3], Column("n", "int8", pg.INT8)))  # n widens: a rewrite
+    asyncio.run(s.write(batch(wide, [("c", tx(3), 1, 0, None, (b"3", b"0001-01-01 BC", b"x", b"3"))])))
+    data = QueryBuilder().register("t", DeltaTable(str(tmp_path / "public/events"))).execute(
+        "SELECT id, CAST(day AS VARCHAR) AS day, note FROM t ORDER BY id").read_all()
+    assert [tuple(r.values()) for r in pa.table(data).to_pylist()] == [
+        (2, "2026-01-02", "kept"), (3, "0000-01-01", "x")]
 
 
 def test_replayed_batches_are_skipped_per_table(tmp_path: Path) -> None:

@@ -29,15 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from queue import Full, Queue
 from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import structlog
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, QueryBuilder, write_deltalake
 from deltalake import Transaction as AppTransaction
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.schema import Field as DeltaField
@@ -72,6 +74,54 @@ def path_segment(name: str) -> str:
     """`name` as one path segment: ASCII letters, digits, ``_`` and ``-`` as they are, every
     other byte of its UTF-8 as ``~XX`` (so no name can climb out of, or collide inside, `path`)."""
     return "".join(chr(b) if chr(b) in _SAFE else f"~{b:02X}" for b in name.encode())
+
+
+def stored_batches(delta: DeltaTable, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The table's `columns`, batch by batch, in the table's own Arrow types, read by deltalake's SQL engine.
+
+    Not `to_pyarrow_dataset`: it turns every column's file statistics into Python values first
+    and fails on dates Python cannot hold (BC, years past 9999; PITFALLS.md) although the data
+    is fine. The engine hands out view types (``string_view``); they are cast back here.
+    """
+    schema = pa.schema(delta.schema().to_arrow())
+    wanted = pa.schema([schema.field(n) for n in columns])
+    query = f"SELECT {', '.join(quote_sql(n) for n in columns)} FROM t"  # noqa: S608 (names quoted)
+    reader = pa.RecordBatchReader.from_stream(QueryBuilder().register("t", delta).execute(query))
+    for b in reader:
+        yield b.cast(wanted)
+
+
+def _read_ahead(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
+    """`batches`, produced by a thread of their own at most `depth` ahead (memory stays bounded)."""
+    queue: Queue[pa.RecordBatch | BaseException | None] = Queue(maxsize=depth)
+    done = threading.Event()  # the consumer stopped (also early, when the write failed)
+
+    def put(item: pa.RecordBatch | BaseException | None) -> bool:
+        while not done.is_set():
+            try:
+                queue.put(item, timeout=0.5)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for b in batches:
+                if not put(b):
+                    return
+            put(None)
+        except BaseException as err:  # handed to the consumer, which raises it
+            put(err)
+
+    threading.Thread(target=produce, name="cdc-delta-read", daemon=True).start()
+    try:
+        while (item := queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        done.set()
 
 
 def quote_sql(name: str) -> str:
@@ -296,8 +346,9 @@ class DeltaSink:
     def _rewrite(self, t: _Table, target: pa.Schema) -> None:
         """Rewrite the whole table with `target`'s (wider) types, batch by batch, in one commit."""
         assert t.delta is not None
+        # Read in a thread of its own: deltalake's engine cannot run inside the write's runtime.
         batches = (conform(pa.Table.from_batches([b]), target).to_batches()
-                   for b in t.delta.to_pyarrow_dataset().to_batches())
+                   for b in _read_ahead(stored_batches(t.delta, t.delta.schema().to_arrow().names)))
         reader = pa.RecordBatchReader.from_batches(target, (b for group in batches for b in group))
         write_deltalake(t.delta, reader, mode="overwrite", schema_mode="overwrite",
                         partition_by=t.partition_by or None, storage_options=self._options or None)
@@ -385,7 +436,10 @@ class DeltaSink:
         for k, ty, values in zip(key, types, zip(*wanted, strict=True), strict=True):
             part = pc.field(k).isin(pa.array(sorted(set(values)), ty))
             where = part if where is None else where & part
-        stored = t.delta.to_pyarrow_dataset().to_table(columns=[*key, *(n for _, n in kept)], filter=where)
+        assert where is not None
+        stored = pa.Table.from_batches(
+            [b.filter(where) for b in stored_batches(t.delta, [*key, *(n for _, n in kept)])],
+            schema=pa.schema([source.schema.field(n) for n in [*key, *(n for _, n in kept)]]))
         found = {k: j for j, k in enumerate(zip(*(stored.column(k).to_pylist() for k in key), strict=True))}
         at: list[int | None] = [None] * source.num_rows
         for r, origin in zip(rows, wanted, strict=True):
