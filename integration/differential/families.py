@@ -167,10 +167,32 @@ PG_FAMILIES: tuple[PgFamily, ...] = (
              lambda r: f"({r.randint(-99, 99)},{r.uniform(-1, 1)!r})", full_ok=False),
     PgFamily("varbit", "varbit(16)", "text", ("", "1010101010101010"),
              lambda r: "".join(r.choice("01") for _ in range(r.randint(0, 16)))),
+    PgFamily("bit4", "bit(4)", "text", ("0000", "1111"), lambda r: "".join(r.choice("01") for _ in range(4))),
+    PgFamily("oid", "oid", "int", ("0", "4294967295"), lambda r: str(r.randint(0, 2**32 - 1))),
+    PgFamily("char", "char(5)", "text", ("", "ab", "ü😀"), lambda r: rand_text(r, r.randint(0, 5)).rstrip(" ")),
+    PgFamily("macaddr", "macaddr", "text", ("08:00:2b:01:02:03", "ff:ff:ff:ff:ff:ff"),
+             lambda r: ":".join(f"{r.randint(0, 255):02x}" for _ in range(6))),
+    PgFamily("cidr", "cidr", "text", ("10.0.0.0/8", "::/0"), lambda r: f"10.{r.randint(0, 255)}.0.0/16"),
+    PgFamily("money", "money", "text", ("0", "-12.5", "92233720368547758.07"),
+             lambda r: f"{r.randint(-10**6, 10**6)}.{r.randint(0, 99):02d}"),
+    PgFamily("tsvector", "tsvector", "text", ("a fat cat", "", "'with space':2A"),
+             lambda r: " ".join(r.choice(["cat", "dog", "ü", "x:1"]) for _ in range(r.randint(0, 3)))),
+    PgFamily("xml", "xml", "text", ('<a b="1">x &amp; y</a>', "text only"), lambda r: f"<r>{r.randint(0, 99)}</r>",
+             full_ok=False),
+    PgFamily("box", "box", "text", ("(1,1),(0,0)", "(0,0),(0,0)"),
+             lambda r: f"({r.randint(0, 9)},{r.randint(0, 9)}),({r.randint(-9, 0)},{r.randint(-9, 0)})", full_ok=False),
+    PgFamily("price", "price", "numeric", ("NaN", "99999999.99"), _decimal(10, 2)),
+    PgFamily("pair", "pair", "text", ('(1,"a b")', "(,)", '(-1,"with ""quote""")'),
+             lambda r: f'({r.randint(-9, 9)},"{r.choice("abc")}")'),
+    PgFamily("multirange", "int4multirange", "text", ("{[1,3), [5,7)}", "{}"),
+             lambda r: f"{{[{r.randint(-9, 0)},{r.randint(1, 9)})}}"),
+    PgFamily("daterange", "daterange", "text", ("[2026-01-01,2026-02-01)", "empty", "(,)"),
+             lambda r: f"[2026-01-{r.randint(1, 9):02d},2026-02-01)"),
 )
 
 #: Types the PostgreSQL workload creates before its tables.
-PG_TYPES_DDL = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'with \"quote\", comma', 'ünï')"
+PG_TYPES_DDL = ("CREATE TYPE mood AS ENUM ('sad', 'ok', 'with \"quote\", comma', 'ünï'); "
+                "CREATE DOMAIN price AS numeric(10,2); CREATE TYPE pair AS (a int, b text)")
 
 
 @dataclass(frozen=True)

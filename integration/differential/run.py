@@ -167,7 +167,7 @@ class _Supervisor:
             self.failures.append(f"the daemon did not start streaming: {str(err).splitlines()[0]}")
             self.check("while starting")
 
-    def stuck(self, repeats: int = 4) -> str | None:
+    def stuck(self, repeats: int = 6) -> str | None:
         """The error of the current run's last `repeats` ``job_retrying`` events when they are all the
         same (a retry that cannot fix it), else None."""
         errors = [re.sub(r"\d+", "N", str(e.get("error"))) for e in self.daemon.events()
