@@ -47,7 +47,7 @@ import pyarrow.csv as pacsv
 import structlog
 from psycopg import pq, sql
 
-from cdc.checkpoints import write_atomically
+from cdc.checkpoints import write_state
 from cdc.errors import CheckpointError, SourceConnectionError, SourceSetupError, first_line
 from cdc.events import Column, RawRow, TableId, TableSchema
 from connectors.postgres.catalog import SESSION_OPTIONS
@@ -207,8 +207,7 @@ class SnapshotProgress:
         return self
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(self.path, orjson.dumps({"tables": self.tables}, option=orjson.OPT_INDENT_2))
+        write_state(self.path, orjson.dumps({"tables": self.tables}, option=orjson.OPT_INDENT_2), "snapshot progress")
 
     def known(self, table: str) -> bool:
         return table in self.tables
