@@ -738,3 +738,51 @@ def test_no_asyncio_wait_for_in_the_daemon() -> None:
             if isinstance(node, ast.ImportFrom) and node.module == "asyncio":
                 found.extend(f"{path.relative_to(root)}:{node.lineno}" for a in node.names if a.name == "wait_for")
     assert found == []
+
+
+# ---------------------------------------------------------------- source connection errors
+
+
+@pytest.mark.parametrize(("message", "expected"), [
+    ('connection to server at "db", port 5432 failed: FATAL:  password authentication failed for user "cdc"',
+     "SourceSetupError"),
+    ('connection to server at "db", port 5432 failed: FATAL:  no pg_hba.conf entry for host "10.0.0.7", user '
+     '"cdc", database "shop", no encryption', "SourceSetupError"),
+    ('connection to server at "db", port 5432 failed: fe_sendauth: no password supplied', "SourceSetupError"),
+    ('connection to server at "db", port 5432 failed: FATAL:  role "cdc" does not exist', "SourceSetupError"),
+    ('connection to server at "db", port 5432 failed: SSL error: certificate verify failed', "SourceSetupError"),
+    ('connection to server at "db", port 5432 failed: server does not support SSL, but SSL was required',
+     "SourceSetupError"),
+    ('connection to server at "db", port 5432 failed: Connection refused\n\tIs the server running on that host '
+     'and accepting TCP/IP connections?', "SourceUnreachableError"),
+    ("failed to resolve host 'db.invalid': [Errno -2] Name or service not known", "SourceUnreachableError"),
+    ("connection timeout expired", "SourceUnreachableError"),
+    ('connection to server at "db", port 5432 failed: FATAL:  the database system is starting up',
+     "SourceUnreachableError"),
+    ('connection to server at "db", port 5432 failed: SSL SYSCALL error: EOF detected', "SourceUnreachableError"),
+])
+def test_a_refused_login_or_tls_handshake_is_a_setup_mistake(message: str, expected: str) -> None:
+    """Refused logins and TLS handshakes are SourceSetupError (never retried); refused connections, unknown
+    hosts, timeouts and a starting server stay retryable; the message names the job."""
+    import psycopg
+
+    from connectors.postgres.catalog import connect_error
+
+    err = connect_error("job shop: postgres db:5432/shop: cannot connect", psycopg.OperationalError(message))
+    assert type(err).__name__ == expected and err.retryable is (expected != "SourceSetupError")
+    assert str(err).startswith("job shop: postgres db:5432/shop: cannot connect: ")
+
+
+def test_incremental_snapshot_errors_name_the_job_and_the_table() -> None:
+    """An incremental snapshot that cannot reach its source fails with one retryable line naming the job,
+    the server and the table (not a bare driver error)."""
+    from cdc.errors import SourceConnectionError
+    from cdc.sandbox import free_port
+    from connectors.postgres.snapshot import Chunk, IncrementalSnapshot, SnapshotTable
+
+    table = SnapshotTable(ORDERS, PgRowCodec(ORDERS.columns), [Chunk(0, 0, None)], 0)
+    where = "job shop: postgres 127.0.0.1:1/shop"
+    snapshot = IncrementalSnapshot(f"host=127.0.0.1 port={free_port()} dbname=shop user=cdc", [table], 2, where)
+    with pytest.raises(SourceConnectionError) as caught:
+        asyncio.run(snapshot.run())
+    assert str(caught.value).startswith(f"{where}: incremental snapshot of {table.name}: cannot connect: ")
