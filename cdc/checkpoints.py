@@ -69,12 +69,34 @@ def write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:  # a nearly full disk may take part of the bytes without an error
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+#: What a user can do when a state file cannot be written.
+STATE_FIX = "free space in state_dir or fix its permissions, then restart cdc"
+
+
+def state_write_error(path: Path, what: str, err: OSError) -> CheckpointError:
+    """The one-line error for a state file (`what` at `path`) the OS refused to write."""
+    return CheckpointError(f"{path}: cannot write {what}: {err.strerror or err}; {STATE_FIX}")
+
+
+def write_state(path: Path, data: bytes, what: str) -> None:
+    """`write_atomically` for a state file under ``state_dir`` (its directory created), with an
+    OS error (disk full, read-only file system, permissions) raised as `state_write_error`:
+    one `CheckpointError` line naming the file, `what` it holds and the OS reason."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, data)
+    except OSError as err:
+        raise state_write_error(path, what, err) from err
 
 
 def fsync_dir(path: Path) -> None:
@@ -145,12 +167,8 @@ class FileCheckpointStore:
             raise CheckpointError(
                 f"job {job}: refusing to move the checkpoint back from {previous} to {checkpoint.source}"
             )
-        try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            write_atomically(self.path(job), checkpoint.to_json())
-            self._saved[job] = checkpoint.source
-        except OSError as err:
-            raise CheckpointError(f"{self.path(job)}: cannot write checkpoint: {err.strerror}") from err
+        write_state(self.path(job), checkpoint.to_json(), "checkpoint")
+        self._saved[job] = checkpoint.source
 
 
 #: Reads the sink's durable position (called once, in `open()`).

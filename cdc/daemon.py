@@ -240,7 +240,10 @@ class Daemon:
         e.g. an unreachable source) of a job that never streamed: neither in this process
         nor before (no checkpoint in the store). Every other failure, at the first start
         too, is retried with exponential backoff. Anything that fails while building the
-        job (a connection string the driver refuses) is reported like a failed run.
+        job (a connection string the driver refuses) is reported like a failed run. An
+        exception that is no `CdcError`, also a `BaseException` such as deltalake's
+        ``PanicException``, is an `InternalError` of this job (logged with its traceback,
+        exit code 1); cancellation, ``KeyboardInterrupt`` and ``SystemExit`` pass through.
         """
         outcome = self.outcomes[job.name]
         status = self.board.jobs[job.name]
@@ -258,10 +261,14 @@ class Daemon:
                 status.run_ended(pipeline)
                 status.state = JobState.STOPPED
                 return
-            except Exception as bug:
+            except BaseException as bug:
+                if isinstance(bug, (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)):
+                    raise
                 if isinstance(bug, CdcError):
                     err: CdcError = bug
                 else:
+                    # Any other BaseException too (deltalake's PanicException derives from it): the
+                    # job's failure, never a silent end of its task.
                     jlog.exception("job_crashed", error_class=type(bug).__name__)
                     err = InternalError(f"job {job.name}: internal error {type(bug).__name__}: {bug} (a bug in cdc; "
                                         "the log has the traceback; please report it)")

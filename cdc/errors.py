@@ -101,7 +101,8 @@ class InternalError(CdcError):
 
 
 class CheckpointError(CdcError):
-    """The checkpoint store cannot be read or written."""
+    """The checkpoint store, or another state file under ``state_dir`` (snapshot progress,
+    binlog bookmarks, the spool of in-progress transactions), cannot be read or written."""
 
 
 def first_line(err: BaseException) -> str:

@@ -18,7 +18,7 @@ from psycopg import sql
 from cdc import __version__
 from cdc.sandbox import DisposablePostgres, free_port
 from integration.conftest import PgDatabase, unique_name
-from integration.daemon import JobFiles, job_config, run_cdc, wait_until, write_config
+from integration.daemon import ITEMS_DDL, Daemons, JobFiles, job_config, rebuild, run_cdc, wait_until, write_config
 
 
 def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
@@ -248,3 +248,46 @@ def test_state_dir_that_is_not_a_directory_creates_nothing_on_the_server(
     assert_user_error(result, files, f"state_dir {state}:")
     assert slots_named(pg, slot) == []
     assert pg.query("SELECT pubname FROM pg_publication WHERE pubname = %s", (publication,)) == []
+
+
+def test_refused_login_of_a_job_that_streamed_before_is_one_line_not_a_retry(tmp_path: Path,
+                                                                            daemons: Daemons) -> None:
+    """A job with a checkpoint (an unreachable source is retried for it) whose login the server refuses (a
+    wrong password) stops ``cdc run`` with exit 2 and one line saying what to fix, without a retry loop,
+    and the checkpoint stays where it was."""
+    with DisposablePostgres() as server:  # private: its pg_hba.conf is rewritten
+        server.create_database("shop")
+        hba = server.data_dir / "pg_hba.conf"
+        trust = hba.read_text()
+        hba.write_text("host all cdcpw 127.0.0.1/32 scram-sha-256\n"
+                       "host replication cdcpw 127.0.0.1/32 scram-sha-256\n" + trust)
+        with server.connect("shop") as conn:
+            conn.autocommit = True
+            conn.execute(ITEMS_DDL)
+            conn.execute("CREATE ROLE cdcpw LOGIN REPLICATION SUPERUSER PASSWORD 'right-pw'")
+            conn.execute("SELECT pg_reload_conf()")
+        files = JobFiles(tmp_path / "job")
+        dsn = f"postgresql://cdcpw:right-pw@127.0.0.1:{server.port}/shop"
+        doc = job_config(files, dsn=dsn, slot="cdc_login", publication="cdc_login")
+        write_config(files, doc)
+        daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+        daemon.wait_for("replication_started", timeout=30)
+        with server.connect("shop") as conn:
+            conn.execute("INSERT INTO items VALUES (1, 'a', 1, 1.5, now())")
+            conn.commit()
+        wait_until(lambda: len(rebuild(files.sink).get("public.items") or {}) == 1, 30, "the first row")
+        assert daemon.terminate(10.0) == 0
+        held = [p.read_bytes() for p in files.checkpoints()]
+        assert held
+
+        doc["jobs"][0]["source"]["dsn"] = dsn.replace("right-pw", "wrong-pw")
+        write_config(files, doc)
+        result = run_cdc("run", files.config, timeout=30)
+        assert result.returncode == 2, result.stderr[-3000:]
+        lines = error_lines(result)
+        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert 'password authentication failed for user "cdcpw"' in lines[0], lines[0]
+        assert "fix the user or password of the job's source, or the server's pg_hba.conf" in lines[0]
+        assert "wrong-pw" not in result.stderr and "job_retrying" not in result.stderr
+
+        assert [p.read_bytes() for p in files.checkpoints()] == held

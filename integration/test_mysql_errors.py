@@ -236,3 +236,31 @@ def test_gtid_state_gone_resnapshots(db: MariaDatabase, tmp_path: Path, daemons:
     files = stream_then_reset(db, tmp_path, daemons, on_binlog_gone="resnapshot")
     warning = assert_resnapshots(db, files, daemons, tmp_path, [(2,), (3,), (4,), (6,)])
     assert "GTID state" in warning["needed"]
+
+
+def test_refused_login_of_a_job_that_streamed_before_is_one_line(
+        db: MariaDatabase, tmp_path: Path, daemons: Daemons) -> None:
+    """A job with a checkpoint (an unreachable server is retried for it) whose login MariaDB refuses
+    (Access denied, errno 1045: a wrong password) stops with exit 2 and one line saying what to fix, without
+    a retry loop, and the sinks' position stays where it was."""
+    files = JobFiles(tmp_path / "job")
+    doc = mysql_job_config(files, host=db.host, port=db.port, user=db.user, password=db.password,
+                           database=db.dbname)
+    write_config(files, doc)
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    daemon.wait_for("replication_started")
+    db.execute("INSERT INTO t VALUES (1, 1)")
+    wait_until(lambda: sink_position(files.sink) is not None, 30, "a durable batch")
+    assert daemon.terminate(10.0) == 0
+    held = sink_position(files.sink)
+    assert files.checkpoints()
+
+    doc["jobs"][0]["source"]["password"] = "not-the-password"
+    write_config(files, doc)
+    result = run_cdc("run", files.config, timeout=30)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("cdc: error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "1045" in lines[0] and "Access denied" in lines[0] and "fix the user or password" in lines[0], lines[0]
+    assert "job_retrying" not in result.stderr and "not-the-password" not in result.stderr
+    assert sink_position(files.sink) == held

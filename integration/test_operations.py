@@ -347,13 +347,15 @@ def test_tls_verify_full_against_a_self_signed_server(
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=other",
              "-keyout", tmp_path / "other.key", "-out", wrong, cwd=tmp_path)
     doc["jobs"][0]["source"]["sslrootcert"] = str(wrong)
-    # A job's first start (no checkpoint): an unreachable source is a setup mistake there, while a
-    # job that streamed before retries it (test_a_restart_during_a_source_outage_...).
-    doc["state_dir"] = str(tmp_path / "first-start-state")
+    # The job has a checkpoint: an unreachable source would be retried (test_a_restart_during_a_source_
+    # outage_...), but a certificate that fails verification never heals, so it stops the job at once.
+    assert files.checkpoints()
     write_config(files, doc)
     failed = run_cdc("run", files.config)
-    assert failed.returncode == 2
-    assert "certificate verify failed" in failed.stderr and "Traceback" not in failed.stderr
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    lines = [line for line in failed.stderr.splitlines() if line.startswith("cdc: error:")]
+    assert len(lines) == 1 and "Traceback" not in failed.stderr and "job_retrying" not in failed.stderr
+    assert "certificate verify failed" in lines[0] and "fix the job's TLS settings (sslmode, sslrootcert" in lines[0]
 
 
 def test_files_cdc_writes_are_private_by_default(pg: PgDatabase, tmp_path: Path, daemons: Daemons) -> None:

@@ -176,3 +176,115 @@ def test_state_dir_that_cannot_be_written_is_one_checkpoint_error(
         ensure_state_dir(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
+
+
+# ---------------------------------------------------------------- state files written during a run
+
+
+FAULTS = [errno.ENOSPC, errno.EROFS, errno.EACCES]
+
+
+def fail_writes(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """Every `os.write` fails with `code` (a full disk, a read-only file system, lost permissions)."""
+    def failing_write(fd: int, data: object) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "write", failing_write)
+
+
+def test_a_short_write_is_completed_not_renamed_torn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """os.write may take only part of the bytes (a nearly full disk) without an error: write_atomically
+    writes the rest before the rename, so the file is never torn."""
+    real_write = os.write
+
+    def short_write(fd: int, data: bytes) -> int:
+        return real_write(fd, bytes(data)[:3])
+
+    monkeypatch.setattr(os, "write", short_write)
+    write_atomically(tmp_path / "x.json", b"0123456789")
+    assert (tmp_path / "x.json").read_bytes() == b"0123456789"
+
+
+@pytest.mark.parametrize("code", FAULTS)
+def test_a_checkpoint_write_failure_is_one_line_with_what_to_do(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """A checkpoint the OS refuses to write is one CheckpointError line naming the file, the reason and
+    what to do."""
+    store = FileCheckpointStore(tmp_path)
+    fail_writes(monkeypatch, code)
+    with pytest.raises(CheckpointError) as caught:
+        store.save("job", Checkpoint(Position(2)))
+    assert str(caught.value) == (f"{tmp_path / 'job.checkpoint.json'}: cannot write checkpoint: {os.strerror(code)}; "
+                                 "free space in state_dir or fix its permissions, then restart cdc")
+
+
+@pytest.mark.parametrize("code", FAULTS)
+def test_snapshot_progress_write_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     code: int) -> None:
+    """PostgreSQL snapshot progress (<job>.snapshot.json) the OS refuses to write: one CheckpointError line
+    naming the file and the OS reason, not an internal error."""
+    from connectors.postgres.snapshot import SnapshotProgress
+
+    progress = SnapshotProgress(tmp_path / "shop.snapshot.json")
+    progress.tables = {"public.items": {"status": "done"}}
+    fail_writes(monkeypatch, code)
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path}/shop\.snapshot\.json: cannot write snapshot progress: "
+                                              rf"{os.strerror(code)}; "):
+        progress.save()
+
+
+@pytest.mark.parametrize("code", FAULTS)
+def test_mysql_state_file_write_failures_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      code: int) -> None:
+    """The MySQL source's bookmark files (<job>.mysql-start.json, <job>.mysql-watermark.json) the OS refuses
+    to write: one CheckpointError line naming the file and the OS reason."""
+    from cdc.config import MySqlSourceConfig, TablesConfig
+    from connectors.mysql.source import MySqlSource
+    from connectors.mysql.watermark import save_marks
+
+    source = MySqlSource("shop", MySqlSourceConfig(type="mysql", user="cdc", server_id=7),
+                         TablesConfig(include=["shop.*"]), state_dir=tmp_path)
+    fail_writes(monkeypatch, code)
+    reason = os.strerror(code)
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path}/shop\.mysql-start\.json: cannot write .*: {reason}; "):
+        source._write_bookmark((1, 4), "0-1-5")
+    with pytest.raises(CheckpointError,
+                       match=rf"^{tmp_path}/shop\.mysql-watermark\.json: cannot write .*: {reason}; "):
+        save_marks(tmp_path / "shop.mysql-watermark.json", 10, [])
+
+
+class _FullDisk:
+    """A spool file handle on a disk that fills up: writes and flushes fail with ENOSPC."""
+
+    def __init__(self, path: Path, mode: str) -> None:
+        self._file = open(path, mode)  # noqa: SIM115 - closed by close()
+
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._file, name)
+
+
+def test_spool_write_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spool file of an in-progress transaction the disk refuses: one CheckpointError line naming the file,
+    the transaction and the OS reason."""
+    from connectors.postgres import spool as spool_module
+
+    spool = spool_module.TransactionSpool(tmp_path / "spool" / "shop")
+    spool.clear()
+    monkeypatch.setattr(spool_module, "open", _FullDisk, raising=False)
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path}/spool/shop/742\.spool: cannot write the spool of "
+                                              rf"in-progress transaction 742: No space left on device; "):
+        spool.append(742, 742, 100, b"payload")
+    spool.close()
+
+
+def test_spool_directory_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    """A spool directory that cannot be made (a file in its way) is one CheckpointError line naming it."""
+    (tmp_path / "spool").write_text("in the way")
+    spool_dir = tmp_path / "spool" / "shop"
+    from connectors.postgres.spool import TransactionSpool
+
+    with pytest.raises(CheckpointError, match=rf"^{spool_dir}: cannot write the transaction spool: "):
+        TransactionSpool(spool_dir).clear()

@@ -673,3 +673,116 @@ def test_a_secret_in_a_job_error_never_reaches_healthz_or_status(
     bodies = [endpoint.respond("GET", path)[2].decode() for path in ("/healthz", "/status")]
     assert all("invalid percent-encoded token" in body for body in bodies)
     assert all(secret not in body for body in bodies), bodies
+
+
+class PanicException(BaseException):
+    """Like deltalake's (pyo3's) PanicException: a BaseException, not an Exception."""
+
+
+def test_a_base_exception_in_a_job_is_its_internal_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sink write raising a BaseException that is no cancellation (a Rust panic) fails that job as an
+    internal error, logged with its traceback, exit code 1; the other job runs on."""
+    from structlog.testing import capture_logs
+
+    class PanickingSink(FakeSink):
+        async def write(self, b: ChangeBatch) -> None:
+            raise PanicException("NaiveDate + TimeDelta overflowed")
+
+    def build(job: JobConfig, checkpoints: Any, state_dir: Path) -> Pipeline:
+        return one_batch_then_stop(job, PanickingSink("s") if job.name == "j" else FakeSink("s"))
+
+    d = supervised(tmp_path, monkeypatch, build, jobs=2)
+    with capture_logs() as logs:
+        code = asyncio.run(asyncio.wait_for(d.run(), 10))
+    assert code == 1
+    error = d.outcomes["j"].error
+    assert error is not None and "internal error PanicException: NaiveDate + TimeDelta overflowed" in str(error)
+    assert d.outcomes["j"].attempts == 1 and d.board.jobs["j"].state is JobState.FAILED
+    assert d.outcomes["j1"].error is None and d.outcomes["j1"].events == 1
+    crashed = [e for e in logs if e["event"] == "job_crashed"]
+    assert len(crashed) == 1 and crashed[0]["job"] == "j" and crashed[0]["error_class"] == "PanicException"
+    assert crashed[0]["exc_info"] is True
+    assert [e["job"] for e in logs if e["event"] == "job_failed"] == ["j"]
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit], ids=["KeyboardInterrupt", "SystemExit"])
+def test_keyboard_interrupt_and_system_exit_keep_their_meaning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raised: type[BaseException]) -> None:
+    """KeyboardInterrupt and SystemExit raised inside a job are not turned into a job failure: they end the
+    daemon's run as they would any program."""
+    class StoppingSink(FakeSink):
+        async def write(self, b: ChangeBatch) -> None:
+            raise raised()
+
+    def build(job: JobConfig, checkpoints: Any, state_dir: Path) -> Pipeline:
+        return one_batch_then_stop(job, StoppingSink("s"))
+
+    d = supervised(tmp_path, monkeypatch, build)
+    with pytest.raises(raised):
+        asyncio.run(asyncio.wait_for(d.run(), 10))
+    assert d.outcomes["j"].error is None
+
+
+def test_no_asyncio_wait_for_in_the_daemon() -> None:
+    """cdc/, connectors/ and sinks/ never call ``asyncio.wait_for``, which on Python 3.11 can swallow a
+    cancellation (docs: PITFALLS, cpython #86296); ``asyncio.timeout()`` cannot."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for path in sorted(p for d in ("cdc", "connectors", "sinks") for p in (root / d).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Attribute) and node.attr == "wait_for" and isinstance(node.value, ast.Name)
+                    and node.value.id == "asyncio"):
+                found.append(f"{path.relative_to(root)}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom) and node.module == "asyncio":
+                found.extend(f"{path.relative_to(root)}:{node.lineno}" for a in node.names if a.name == "wait_for")
+    assert found == []
+
+
+# ---------------------------------------------------------------- source connection errors
+
+
+@pytest.mark.parametrize(("message", "expected"), [
+    ('connection to server at "db", port 5432 failed: FATAL:  password authentication failed for user "cdc"',
+     "SourceSetupError"),
+    ('connection to server at "db", port 5432 failed: FATAL:  no pg_hba.conf entry for host "10.0.0.7", user '
+     '"cdc", database "shop", no encryption', "SourceSetupError"),
+    ('connection to server at "db", port 5432 failed: fe_sendauth: no password supplied', "SourceSetupError"),
+    ('connection to server at "db", port 5432 failed: FATAL:  role "cdc" does not exist', "SourceSetupError"),
+    ('connection to server at "db", port 5432 failed: SSL error: certificate verify failed', "SourceSetupError"),
+    ('connection to server at "db", port 5432 failed: server does not support SSL, but SSL was required',
+     "SourceSetupError"),
+    ('connection to server at "db", port 5432 failed: Connection refused\n\tIs the server running on that host '
+     'and accepting TCP/IP connections?', "SourceUnreachableError"),
+    ("failed to resolve host 'db.invalid': [Errno -2] Name or service not known", "SourceUnreachableError"),
+    ("connection timeout expired", "SourceUnreachableError"),
+    ('connection to server at "db", port 5432 failed: FATAL:  the database system is starting up',
+     "SourceUnreachableError"),
+    ('connection to server at "db", port 5432 failed: SSL SYSCALL error: EOF detected', "SourceUnreachableError"),
+])
+def test_a_refused_login_or_tls_handshake_is_a_setup_mistake(message: str, expected: str) -> None:
+    """Refused logins and TLS handshakes are SourceSetupError (never retried); refused connections, unknown
+    hosts, timeouts and a starting server stay retryable; the message names the job."""
+    import psycopg
+
+    from connectors.postgres.catalog import connect_error
+
+    err = connect_error("job shop: postgres db:5432/shop: cannot connect", psycopg.OperationalError(message))
+    assert type(err).__name__ == expected and err.retryable is (expected != "SourceSetupError")
+    assert str(err).startswith("job shop: postgres db:5432/shop: cannot connect: ")
+
+
+def test_incremental_snapshot_errors_name_the_job_and_the_table() -> None:
+    """An incremental snapshot that cannot reach its source fails with one retryable line naming the job,
+    the server and the table (not a bare driver error)."""
+    from cdc.errors import SourceConnectionError
+    from cdc.sandbox import free_port
+    from connectors.postgres.snapshot import Chunk, IncrementalSnapshot, SnapshotTable
+
+    table = SnapshotTable(ORDERS, PgRowCodec(ORDERS.columns), [Chunk(0, 0, None)], 0)
+    where = "job shop: postgres 127.0.0.1:1/shop"
+    snapshot = IncrementalSnapshot(f"host=127.0.0.1 port={free_port()} dbname=shop user=cdc", [table], 2, where)
+    with pytest.raises(SourceConnectionError) as caught:
+        asyncio.run(snapshot.run())
+    assert str(caught.value).startswith(f"{where}: incremental snapshot of {table.name}: cannot connect: ")

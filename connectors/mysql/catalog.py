@@ -33,13 +33,24 @@ class Server:
     reload: bool = False
 
 
+#: Server error numbers of a refused login: access denied (to the server or the database),
+#: host not allowed, an authentication plugin the client lacks, an expired password, a
+#: server requiring TLS. Retrying cannot heal them.
+LOGIN_REFUSED = frozenset({1044, 1045, 1130, 1251, 1698, 1820, 1862, 3159})
+
+
 def connect(host: str, port: int, user: str, password: str, timeout: int, where: str,
             database: str | None = None) -> pymysql.connections.Connection[Any]:
-    """An autocommit utf8mb4 connection; `SourceUnreachableError` with one line if none."""
+    """An autocommit utf8mb4 connection; one line if none: a refused login (`LOGIN_REFUSED`)
+    is a `SourceSetupError` (never retried, also for a job that streamed before), anything
+    else (refused connection, unknown host, timeout, a restarting server) `SourceUnreachableError`."""
     try:
         return pymysql.connect(host=host, port=port, user=user, password=password, connect_timeout=timeout,
                                autocommit=True, charset="utf8mb4", database=database, read_timeout=600)
     except pymysql.Error as err:
+        if err.args and err.args[0] in LOGIN_REFUSED:
+            raise SourceSetupError(f"{where}: cannot connect: {first_line(err)}; fix the user or password of the "
+                                   "job's source, or its grants on the server") from err
         raise SourceUnreachableError(f"{where}: cannot connect: {first_line(err)}") from err
 
 

@@ -37,10 +37,11 @@ from typing import Any, Final
 import pymysql
 import structlog
 
-from cdc.checkpoints import write_atomically
+from cdc.checkpoints import write_state
 from cdc.config import MySqlSourceConfig, TablesConfig
 from cdc.errors import (
     CdcError,
+    CheckpointError,
     DecodeError,
     MissingTableError,
     SourceConnectionError,
@@ -222,8 +223,8 @@ class MySqlSource:
                                    "from the current binlog position") from err
 
     def _write_bookmark(self, start: tuple[int, int], gtids: str) -> None:
-        self._bookmark.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(self._bookmark, json.dumps({"index": start[0], "offset": start[1], "gtids": gtids}).encode())
+        write_state(self._bookmark, json.dumps({"index": start[0], "offset": start[1], "gtids": gtids}).encode(),
+                    "the binlog start bookmark")
 
     def _connect(self) -> pymysql.connections.Connection[Any]:
         c = self._config
@@ -814,15 +815,16 @@ class MySqlSource:
         if acked is None:
             return
         self._gtid_written_at = time.monotonic()
-        self._gtid_file.parent.mkdir(parents=True, exist_ok=True)
         commit, gtids = acked
-        write_atomically(self._gtid_file, json.dumps({
+        write_state(self._gtid_file, json.dumps({
             "gtids": gtids, "server": "mariadb" if self._server.mariadb else "mysql",
-            "position": pos.describe(commit), "commit": commit}).encode())
+            "position": pos.describe(commit), "commit": commit}).encode(), "the GTID state the sinks hold")
 
     async def close(self) -> None:
-        with contextlib.suppress(OSError):
+        try:
             await asyncio.to_thread(self._write_gtid)
+        except CheckpointError as err:  # the file lags (a resume by GTID re-reads more); close the rest
+            self._log.warning("gtid_state_not_written", error=str(err))
         pump, self._pump = self._pump, None
         if pump is not None:
             await asyncio.to_thread(pump.close)

@@ -42,7 +42,7 @@ from typing import Any
 
 import pymysql
 
-from cdc.checkpoints import write_atomically
+from cdc.checkpoints import write_state
 from cdc.errors import DecodeError, SourceError
 from cdc.events import RawRow
 from connectors.mysql import positions as pos
@@ -378,8 +378,7 @@ def save_marks(path: Path, point: int, marks: Sequence[ChunkMark]) -> None:
     (``<job>.mysql-watermark.json``), so a restart before the stream passes the last high
     filters the same changes. Atomic (write then rename)."""
     doc = {"point": point, "marks": [[m.database, m.table, m.key, m.low, m.high_key, m.high] for m in marks]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, json.dumps(doc).encode())
+    write_state(path, json.dumps(doc).encode(), "the watermark snapshot's chunk marks")
 
 
 def load_marks(path: Path, resume: int) -> list[ChunkMark] | None:

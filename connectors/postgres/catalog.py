@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fnmatch
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,12 +21,51 @@ from cdc.errors import (
     MissingTableError,
     SlotInUseError,
     SlotInvalidatedError,
+    SourceError,
     SourceSetupError,
+    SourceUnreachableError,
     first_line,
 )
 
 #: Session settings the source pins: pgoutput prints values under the walsender's settings.
 SESSION_OPTIONS = "-c datestyle=ISO -c timezone=UTC -c extra_float_digits=3 -c intervalstyle=postgres"
+
+
+#: What libpq and the server say (in English) when a login is refused: retrying cannot help.
+#: A connection error carries no SQLSTATE, so the text is all there is.
+_LOGIN_REFUSED = re.compile(
+    r"password authentication failed|authentication failed for user|no password supplied"
+    r"|no pg_hba\.conf entry|pg_hba\.conf rejects connection|role \".*\" does not exist"
+    r"|is not permitted to log in|does not have CONNECT privilege|permission denied for database",
+    re.IGNORECASE,
+)
+#: ... and when the TLS handshake or the server's certificate is refused.
+_TLS_REFUSED = re.compile(
+    r"certificate|server does not support SSL|does not match host name|alert unknown ca|alert handshake failure"
+    r"|channel binding|SSL is not enabled|unsupported protocol|wrong version number",
+    re.IGNORECASE,
+)
+
+
+def connect_error(what: str, err: psycopg.OperationalError,
+                  otherwise: type[SourceError] = SourceUnreachableError) -> SourceError:
+    """The error for a connection attempt (`what`, e.g. ``job J: postgres h:p/db: cannot connect``)
+    that failed with `err`.
+
+    A refused login (wrong password or user, pg_hba.conf) or a refused TLS handshake
+    (certificate verification, sslmode the server cannot serve) is a `SourceSetupError`:
+    it never heals by retrying, also for a job that streamed before, so the job stops with
+    one line saying what to fix. Anything else (refused connection, unknown host, timeout,
+    a server starting or shutting down, too many clients) is `otherwise`: retryable.
+    """
+    text = str(err)
+    if _LOGIN_REFUSED.search(text):
+        return SourceSetupError(f"{what}: {first_line(err)}; fix the user or password of the job's source, "
+                                "or the server's pg_hba.conf")
+    if _TLS_REFUSED.search(text):
+        return SourceSetupError(f"{what}: {first_line(err)}; fix the job's TLS settings (sslmode, sslrootcert, "
+                                "sslcert) or the server's certificate")
+    return otherwise(f"{what}: {first_line(err)}")
 
 
 @dataclass(frozen=True, slots=True)

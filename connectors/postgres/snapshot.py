@@ -47,10 +47,10 @@ import pyarrow.csv as pacsv
 import structlog
 from psycopg import pq, sql
 
-from cdc.checkpoints import write_atomically
+from cdc.checkpoints import write_state
 from cdc.errors import CheckpointError, SourceConnectionError, SourceSetupError, first_line
 from cdc.events import Column, RawRow, TableId, TableSchema
-from connectors.postgres.catalog import SESSION_OPTIONS
+from connectors.postgres.catalog import SESSION_OPTIONS, connect_error
 from connectors.postgres.copytext import CopyTextParser
 from connectors.postgres.types import PgRowCodec, PgTypeCatalog
 
@@ -207,8 +207,7 @@ class SnapshotProgress:
         return self
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(self.path, orjson.dumps({"tables": self.tables}, option=orjson.OPT_INDENT_2))
+        write_state(self.path, orjson.dumps({"tables": self.tables}, option=orjson.OPT_INDENT_2), "snapshot progress")
 
     def known(self, table: str) -> bool:
         return table in self.tables
@@ -448,7 +447,7 @@ class InitialSnapshot:
             # retrieves what they raise then).
             await asyncio.gather(*(asyncio.to_thread(self._work, conn, todo, loop) for conn in conns))
         except psycopg.OperationalError as err:
-            raise SourceConnectionError(f"{self._where}: snapshot: {first_line(err)}") from err
+            raise connect_error(f"{self._where}: snapshot", err, SourceConnectionError) from err
         except psycopg.Error as err:
             raise SourceSetupError(f"{self._where}: snapshot failed: {first_line(err)}") from err
         finally:
@@ -574,28 +573,38 @@ class IncrementalSnapshot:
     """Chunks read one at a time between watermarks while the stream flows.
 
     `windows` maps a watermark id to its `Window`; the source looks them up when the
-    stream brings the watermark messages (``low <id>`` / ``high <id>``).
+    stream brings the watermark messages (``low <id>`` / ``high <id>``). Every error names
+    the job (`where`, the source's ``job J: postgres host:port/db``) and the table being
+    read (all of them while none is yet).
     """
 
-    def __init__(self, conninfo: str, tables: list[SnapshotTable], connect_timeout: int) -> None:
+    def __init__(self, conninfo: str, tables: list[SnapshotTable], connect_timeout: int,
+                 where: str = "postgres") -> None:
         self._conninfo = conninfo
         self._tables = tables
         self._timeout = connect_timeout
+        self._where = where
         self.windows: dict[str, Window] = {}
 
     async def run(self) -> None:
-        conn = await connect(self._conninfo, self._timeout)
+        what = f"{self._where}: incremental snapshot of {', '.join(t.name for t in self._tables)}"
+        try:
+            conn = await connect(self._conninfo, self._timeout)
+        except psycopg.OperationalError as err:
+            raise connect_error(f"{what}: cannot connect", err, SourceConnectionError) from err
         try:
             # Changes of a transaction that overlapped the publication gaining a table may
             # not be published (PostgreSQL decodes them with the catalog of their start):
             # read nothing before every such transaction has ended.
             await self._settle(conn, None)
             for t in self._tables:
+                what = f"{self._where}: incremental snapshot of {t.name}"
                 key_index = tuple(i for i, c in enumerate(t.schema.columns) if c.key)
                 if not key_index:
                     raise SourceSetupError(
-                        f"table {t.name} has no primary key or replica identity index: it cannot be snapshotted "
-                        "while streaming; add a key, or start the job over (its initial snapshot needs none)"
+                        f"{self._where}: table {t.name} has no primary key or replica identity index: it cannot be "
+                        "snapshotted while streaming; add a key, or start the job over (its initial snapshot needs "
+                        "none)"
                     )
                 for chunk in t.remaining():
                     wid = uuid.uuid4().hex
@@ -610,9 +619,12 @@ class IncrementalSnapshot:
                     await window.consumed.wait()
                     del self.windows[wid]
         except psycopg.OperationalError as err:
-            raise SourceConnectionError(f"incremental snapshot: {first_line(err)}") from err
+            raise SourceConnectionError(f"{what}: {first_line(err)}") from err
+        except psycopg.errors.InsufficientPrivilege as err:
+            raise SourceSetupError(f"{what} refused: {first_line(err)} (grant SELECT on the table to the job's "
+                                   "role)") from err
         except psycopg.Error as err:
-            raise SourceSetupError(f"incremental snapshot failed: {first_line(err)}") from err
+            raise SourceSetupError(f"{what} failed: {first_line(err)}") from err
         finally:
             await conn.close()
 

@@ -215,7 +215,7 @@ class PostgresSource:
                 self._conninfo, autocommit=True, connect_timeout=cfg.connect_timeout_s
             )
         except psycopg.OperationalError as err:
-            raise SourceUnreachableError(f"{self.where}: cannot connect: {first_line(err)}") from err
+            raise catalog.connect_error(f"{self.where}: cannot connect", err) from err
         try:
             await catalog.check_server(conn, self.where)
             tables = await catalog.select_tables(conn, self._tables.include, self._tables.exclude, self.where)
@@ -334,7 +334,7 @@ class PostgresSource:
             )
             row = await cur.fetchone()
         except psycopg.OperationalError as err:
-            raise SourceUnreachableError(f"{self.where}: cannot create slot {cfg.slot}: {first_line(err)}") from err
+            raise catalog.connect_error(f"{self.where}: cannot create slot {cfg.slot}", err) from err
         assert row is not None
         consistent_point, snapshot_name = parse_lsn(str(row[1])), str(row[2])
         reader = InitialSnapshot(self._conninfo, snapshot_name, tables, self._snapshot_workers, cfg.connect_timeout_s,
@@ -345,12 +345,15 @@ class PostgresSource:
         self, conn: psycopg.AsyncConnection[Any], tables: list[SnapshotTable]
     ) -> tuple[InitialSnapshot, psycopg.AsyncConnection[Any] | None, int]:
         """`initial_only`: a snapshot exported from a plain transaction; no slot at all."""
-        leader = await psycopg.AsyncConnection.connect(
-            self._conninfo, autocommit=True, connect_timeout=self._config.connect_timeout_s
-        )
-        await leader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        cur = await leader.execute("SELECT pg_export_snapshot(), (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
-        row = await cur.fetchone()
+        try:
+            leader = await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, connect_timeout=self._config.connect_timeout_s
+            )
+            await leader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cur = await leader.execute("SELECT pg_export_snapshot(), (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
+            row = await cur.fetchone()
+        except psycopg.OperationalError as err:
+            raise catalog.connect_error(f"{self.where}: cannot export a snapshot", err) from err
         assert row is not None
         reader = InitialSnapshot(self._conninfo, str(row[0]), tables, self._snapshot_workers,
                                  self._config.connect_timeout_s, self.where)
@@ -397,7 +400,8 @@ class PostgresSource:
                 snapshotting.result()  # raises what the snapshot raised
                 snapshotting = self._snapshot = None
             if snapshotting is None and self._incremental:
-                self._snapshot = IncrementalSnapshot(self._conninfo, self._incremental, self._config.connect_timeout_s)
+                self._snapshot = IncrementalSnapshot(self._conninfo, self._incremental, self._config.connect_timeout_s,
+                                                     self.where)
                 self._incremental = []
                 snapshotting = asyncio.create_task(self._snapshot.run(), name=f"{self.name}-snapshot")
             now = time.monotonic()
@@ -685,7 +689,7 @@ class PostgresSource:
                 cur = await conn.execute(TYPE_CATALOG_SQL)
                 self._types = PgTypeCatalog.from_rows(await cur.fetchall())
         except psycopg.OperationalError as err:
-            raise SourceConnectionError(f"{self.where}: cannot load types: {first_line(err)}") from err
+            raise catalog.connect_error(f"{self.where}: cannot load types", err, SourceConnectionError) from err
 
     def _message_relation(self, prefix: str) -> _Relation:
         columns = (Column("prefix", "text", pgtypes.TEXT), Column("content", "bytea", pgtypes.BYTEA))

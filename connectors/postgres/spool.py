@@ -10,10 +10,14 @@ A Stream Abort of a subtransaction drops that subtransaction and everything afte
 first change (later changes of the transaction belong to subtransactions nested in it or
 started after it, which an abort of the parent discards too), the way PostgreSQL's own
 apply worker does: the file is cut at the offset where the subtransaction first appeared.
+
+A spool file the OS cannot create, write, cut or read back (disk full, read-only file
+system, permissions) is a `CheckpointError` naming the file and the reason, in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import struct
@@ -21,6 +25,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final
+
+from cdc.checkpoints import state_write_error
+from cdc.errors import CheckpointError
 
 _HEADER: Final = struct.Struct(">QI")  # lsn, payload length
 _READ_SIZE: Final = 1 << 20
@@ -44,10 +51,14 @@ class TransactionSpool:
     def clear(self) -> None:
         """Forget everything: after a restart the server streams open transactions again."""
         for spooled in self._open.values():
-            spooled.handle.close()
+            with contextlib.suppress(OSError):
+                spooled.handle.close()
         self._open.clear()
         shutil.rmtree(self.directory, ignore_errors=True)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise state_write_error(self.directory, "the transaction spool", err) from err
 
     @property
     def open_transactions(self) -> int:
@@ -56,13 +67,16 @@ class TransactionSpool:
     def append(self, xid: int, subxid: int, lsn: int, payload: bytes | memoryview) -> None:
         """Spool one message of a stream block; `subxid` is the xid the message carries."""
         spooled = self._open.get(xid)
-        if spooled is None:
-            path = self.directory / f"{xid}.spool"
-            spooled = self._open[xid] = _Spooled(path, open(path, "w+b"))  # noqa: SIM115 - kept open
-        if subxid not in spooled.subxacts:
-            spooled.subxacts[subxid] = spooled.handle.tell()
-        spooled.handle.write(_HEADER.pack(lsn, len(payload)))
-        spooled.handle.write(payload)
+        path = spooled.path if spooled is not None else self.directory / f"{xid}.spool"
+        try:
+            if spooled is None:
+                spooled = self._open[xid] = _Spooled(path, open(path, "w+b"))  # noqa: SIM115 - kept open
+            if subxid not in spooled.subxacts:
+                spooled.subxacts[subxid] = spooled.handle.tell()
+            spooled.handle.write(_HEADER.pack(lsn, len(payload)))
+            spooled.handle.write(payload)
+        except OSError as err:
+            raise _spool_error(path, xid, err) from err
         spooled.messages += 1
 
     def abort(self, xid: int, subxid: int) -> None:
@@ -76,8 +90,11 @@ class TransactionSpool:
         offset = spooled.subxacts.get(subxid)
         if offset is None:
             return  # the subtransaction made no change we saw
-        spooled.handle.truncate(offset)
-        spooled.handle.seek(offset)
+        try:
+            spooled.handle.truncate(offset)
+            spooled.handle.seek(offset)
+        except OSError as err:
+            raise _spool_error(spooled.path, xid, err) from err
         spooled.subxacts = {s: o for s, o in spooled.subxacts.items() if o < offset}
 
     def commit(self, xid: int) -> Iterator[tuple[int, bytes]]:
@@ -86,12 +103,19 @@ class TransactionSpool:
         if spooled is None:
             return
         handle = spooled.handle
-        handle.flush()
-        handle.seek(0)
+        try:
+            handle.flush()
+            handle.seek(0)
+        except OSError as err:
+            self._discard(xid)
+            raise _spool_error(spooled.path, xid, err) from err
         try:
             buffer = b""
             while True:
-                chunk = handle.read(_READ_SIZE)
+                try:
+                    chunk = handle.read(_READ_SIZE)
+                except OSError as err:
+                    raise _spool_error(spooled.path, xid, err) from err
                 if not chunk and len(buffer) < _HEADER.size:
                     break
                 buffer += chunk
@@ -112,9 +136,15 @@ class TransactionSpool:
     def _discard(self, xid: int) -> None:
         spooled = self._open.pop(xid, None)
         if spooled is not None:
-            spooled.handle.close()
-            os.unlink(spooled.path)
+            with contextlib.suppress(OSError):  # closing flushes: a full disk refuses it again
+                spooled.handle.close()
+            with contextlib.suppress(OSError):  # clear() removes the directory at the next start
+                os.unlink(spooled.path)
 
     def close(self) -> None:
         for xid in list(self._open):
             self._discard(xid)
+
+
+def _spool_error(path: Path, xid: int, err: OSError) -> CheckpointError:
+    return state_write_error(path, f"the spool of in-progress transaction {xid}", err)

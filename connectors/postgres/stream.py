@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from cdc.errors import SlotInUseError, SourceConnectionError, SourceSetupError, first_line
-from connectors.postgres.catalog import SESSION_OPTIONS
+from connectors.postgres.catalog import SESSION_OPTIONS, connect_error
 from connectors.postgres.pgoutput import format_lsn, pg_now_us, standby_status_update
 
 
@@ -54,7 +54,7 @@ class ReplicationStream:
                 connect_timeout=connect_timeout,
             )
         except psycopg.OperationalError as err:
-            raise SourceConnectionError(f"{where}: replication connection failed: {first_line(err)}") from err
+            raise connect_error(f"{where}: replication connection failed", err, SourceConnectionError) from err
         options: list[sql.Composable] = [sql.SQL("proto_version {}").format(sql.Literal(str(protocol))),
                    sql.SQL("publication_names {}").format(sql.Literal(publication))]
         if streaming:

@@ -217,7 +217,8 @@ class NatsJetStreamSink:
         self._closing = True
         if nc is not None and not nc.is_closed:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 5)
+                async with asyncio.timeout(5):
+                    await nc.close()
 
     # -- client callbacks ------------------------------------------------------------------
 

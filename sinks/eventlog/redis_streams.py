@@ -132,7 +132,8 @@ class RedisStreamsSink:
         client, self._redis = self._redis, None
         if client is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.aclose(), 5)
+                async with asyncio.timeout(5):
+                    await client.aclose()
 
     async def write(self, batch: ChangeBatch) -> None:
         """Return once Redis executed the batch's XADDs and position update as one transaction."""
