@@ -291,3 +291,32 @@ def test_a_cancelled_read_ends_as_frames_arrive(pg: PgDatabase) -> None:
             await stream.close()
 
     assert asyncio.run(main()), "the cancelled reader kept reading"
+
+
+def test_source_restart_during_an_incremental_snapshot_retries_cleanly(
+    pg: PgDatabase, tmp_path: Path, daemons: Daemons
+) -> None:
+    """``pg_ctl restart -m fast`` while a requested (incremental) snapshot runs beside the stream: the stream's
+    connection error ends the run, the snapshot's own error is retrieved with it (no asyncio "Task exception was
+    never retrieved"), and the job retries, finishes the snapshot and catches up (found by the differential
+    harness, seeds 101, 102 and 104)."""
+    pg.execute("CREATE TABLE big (id int PRIMARY KEY, name text)")
+    files = JobFiles(tmp_path / "job")
+    doc = job_config(files, dsn=pg.dsn, slot=pg.name("slot"), publication=pg.name("pub"))
+    doc["jobs"][0]["snapshot_chunk_rows"] = 2_000
+    write_config(files, doc)
+    daemon = daemons.new(files.config, tmp_path / "cdc.log").start()
+    daemon.wait_for("replication_started")
+    pg.execute("INSERT INTO big SELECT i, 'row ' || i FROM generate_series(1, 100000) i")
+    result = run_cdc("snapshot", files.config, "--job", files.job, "--table", "public.big")
+    assert result.returncode == 0, result.stderr
+    daemon.wait_for("snapshot_requested", timeout=CATCH_UP_S)
+    pg.server.restart("fast")
+    pg.execute("UPDATE big SET name = 'changed' WHERE id % 1000 = 0")
+    daemon.wait_for("snapshot_table_done", timeout=CATCH_UP_S)
+    wait_until(lambda: rebuild(files.sink).get("public.big") == source_rows(pg, "public.big"), CATCH_UP_S,
+               "the sink to equal the source", interval=0.5)
+    assert daemon.terminate(20.0) == 0
+    log = daemon.stderr(all_runs=True)
+    assert "never retrieved" not in log, daemon.tail()
+    assert_retried(daemon, "SourceConnectionError")

@@ -201,6 +201,7 @@ class PostgresSource:
         self._acked_ts: datetime | None = None
         self._heartbeat: tuple[Position, int] | None = None  # last heartbeat and the wal_end it stands for
         self._monitor: asyncio.Task[None] | None = None
+        self._snapshotting: asyncio.Task[None] | None = None  # the incremental snapshot running now
         #: Slot lag in bytes and seconds, refreshed every `lag_interval_s` (for metrics).
         self.lag_bytes: int | None = None
         self.lag_seconds: float | None = None
@@ -254,6 +255,10 @@ class PostgresSource:
             initial = mode == "initial_only" or ((mode == "initial" or recreate) and slot is None)
             if initial or mode == "initial":
                 pending = [t for t in tables if not self._progress.is_done(f"{t[0]}.{t[1]}")]
+            else:  # snapshot: never still finishes what a `cdc snapshot` request started before a restart
+                pending = [t for t in tables if self._progress.known(f"{t[0]}.{t[1]}")
+                           and not self._progress.is_done(f"{t[0]}.{t[1]}")]
+            if pending:
                 await catalog.check_select(conn, pending, self.where)
                 planned = await describe_tables(conn, self.name, pending, self._types, self._chunk_rows)
                 held = (resume_from.commit, resume_from.seq) if resume_from is not None else None
@@ -375,8 +380,6 @@ class PostgresSource:
         heartbeat_every = self._config.heartbeat_interval_s
         max_events, max_bytes, max_wait = policy.max_events, policy.max_bytes, policy.max_wait_s
         self._monitor = asyncio.create_task(self._watch(), name=f"{self.name}-source-monitor")
-        snapshotting: asyncio.Task[None] | None = None
-
         b = OpenBatch()
         last_yielded = Position(max(self._start_lsn - 1, 0))
         tx: Transaction | None = None
@@ -396,14 +399,14 @@ class PostgresSource:
                 # A cancel that an inner await swallowed (PITFALLS.md): stop reading now, so the
                 # replication connection closes and a stopping server is not held up by replies.
                 raise asyncio.CancelledError
-            if snapshotting is not None and snapshotting.done():
-                snapshotting.result()  # raises what the snapshot raised
-                snapshotting = self._snapshot = None
-            if snapshotting is None and self._incremental:
+            if self._snapshotting is not None and self._snapshotting.done():
+                done, self._snapshotting, self._snapshot = self._snapshotting, None, None
+                done.result()  # raises what the snapshot raised
+            if self._snapshotting is None and self._incremental:
                 self._snapshot = IncrementalSnapshot(self._conninfo, self._incremental, self._config.connect_timeout_s,
                                                      self.where)
                 self._incremental = []
-                snapshotting = asyncio.create_task(self._snapshot.run(), name=f"{self.name}-snapshot")
+                self._snapshotting = asyncio.create_task(self._snapshot.run(), name=f"{self.name}-snapshot")
             now = time.monotonic()
             wait = max_wait if not b.events else max(0.0, max_wait - (now - b.opened))
             frames = await stream.read(min(wait, 1.0) if wait > 0 else 0.001)
@@ -500,10 +503,7 @@ class PostgresSource:
             if now - last_status >= status_every:
                 await self._send_status()
                 last_status = now
-        if snapshotting is not None:
-            snapshotting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, CdcError):
-                await snapshotting
+        await self._stop_snapshotting()
         self._log.info("replication_stopping", acked=format_lsn(self._acked_lsn))
 
     async def _initial_batches(self, policy: BatchPolicy, stop: asyncio.Event) -> AsyncIterator[ChangeBatch]:
@@ -826,7 +826,22 @@ class PostgresSource:
         self._log.info("source_lag", lag_bytes=self.lag_bytes, lag_s=round(self.lag_seconds, 3),
                        acked=format_lsn(self._acked_lsn), spooled_transactions=self._spool.open_transactions)
 
+    async def _stop_snapshotting(self) -> None:
+        """Cancel the incremental snapshot and wait for it, its error retrieved: the stream's
+        own error (or the stop) is what ends the job."""
+        task, self._snapshotting = self._snapshotting, None
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, CdcError):
+            pass
+        except Exception as err:  # the job already ends on another error: keep that one
+            self._log.warning("incremental_snapshot_failed", error_class=type(err).__name__)
+
     async def close(self) -> None:
+        await self._stop_snapshotting()  # also when the stream failed before its loop could
         if self._monitor is not None:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
