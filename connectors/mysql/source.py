@@ -702,8 +702,9 @@ class MySqlSource:
         try:
             named = truncated_table(rec.query, rec.database)
         except UnreadableStatement as err:
-            raise DecodeError(f"{self.where}: binlog {pos.describe(commit)}: {err}; its rows cannot be "
-                              "removed from the sinks: restart the job with a new snapshot") from err
+            raise DecodeError(f"{self.where}: binlog {pos.describe(commit)}: {err}; its rows cannot be removed "
+                              "from the sinks: delete the sinks' data and the job's state to start over with a new "
+                              "snapshot") from err
         if named is None:
             return None
         if named in self._selected:
