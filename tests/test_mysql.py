@@ -205,6 +205,20 @@ def test_inet4_from_the_binlog_is_the_dotted_text(binlog: bytes | str, text: str
     assert orjson.loads(MySqlRowCodec([Column("a", stream.name)], [stream]).to_json(row)) == {"a": text}
 
 
+@pytest.mark.parametrize(("selected", "members"), [
+    ("0,", []), ("1,", [""]), ("3,a", ["", "a"]), ("7,a,,b", ["a", "", "b"]), ("2,", [""]),
+    ("5,😀,it's", ["😀", "it's"]), ("9,b\\s,x\"y", ["b\\s", 'x"y']), (b"2,\xf0\x9f\x98\x80", ["😀"]),
+])
+def test_a_snapshot_set_is_its_labels_from_mask_and_text(selected: str | bytes, members: list[str]) -> None:
+    """The snapshot's ``<mask>,<text>`` of a SET is its labels in definition order, needing no catalog labels
+    (utf8mb3 there); an empty-string member chosen first, absent from the text, comes back from the mask."""
+    catalog = CatalogColumn("s", "set", "set('?','a')", 0, 0, 0, "utf8mb4", 0, False, False)
+    snapshot = catalog_type(catalog)
+    assert (snapshot.name, snapshot.arrow(), snapshot.set_values) == ("set", pa.list_(pa.string()), ())
+    normalise = snapshot.normalise_snapshot()
+    assert normalise is not None and normalise(selected) == members
+
+
 _MYSQL_JOB = """\
 jobs:
   - name: shop

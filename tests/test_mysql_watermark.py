@@ -141,8 +141,29 @@ def test_marks_kept_for_a_restart_after_the_snapshot(tmp_path: Path) -> None:
     assert load_marks(path, 100) is None
     save_marks(path, 7, MARKS)
     assert load_marks(path, 6) is None
-    assert load_marks(path, 7) == MARKS
-    assert StreamFilter(load_marks(path, 12) or []).until == 30
+    assert load_marks(path, 7) == (7, MARKS)
+    kept = load_marks(path, 12)
+    assert kept is not None and StreamFilter(kept[1], kept[0]).until == 30
+
+
+def test_a_truncate_mid_filter_lets_every_later_change_of_the_table_pass(tmp_path: Path) -> None:
+    """TRUNCATE of shop.items at 15 (chunk highs 10, 20, 30): the sinks drop every snapshot row, so from 15
+    on every change of items passes (none before 15 that was dropped passes); the kept marks say so too."""
+    from connectors.mysql.watermark import save_marks
+
+    f = StreamFilter(MARKS, 7)
+    assert f.admit(rows("c", (None, (250, 1))), 14) == []
+    marks = f.truncated("shop", "items", 15)
+    assert marks is not None and {m.high for m in marks if m.table == "items"} == {10, 15}
+    assert f.truncated("shop", "items", 16) is None and f.truncated("shop", "other", 3) is None
+    for filt in (f, StreamFilter(marks, f.point)):
+        assert filt.until == 15  # tags: 15 too
+        assert filt.admit(rows("c", (None, (250, 1))), 14) == []
+        assert filt.admit(rows("c", (None, (5, 1))), 9) == []
+        for key in (5, 150, 250):
+            assert filt.admit(rows("c", (None, (key, 1))), 15) == [rows("c", (None, (key, 1)))]
+    save_marks(tmp_path / "marks.json", f.point, marks)
+    assert load_marks(tmp_path / "marks.json", 15) == (7, marks)
 
 
 @pytest.mark.parametrize(("configured", "mariadb", "reload", "method"), [

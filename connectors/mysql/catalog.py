@@ -31,6 +31,8 @@ class Server:
     gtids: bool = True
     #: Whether the user may take FLUSH TABLES WITH READ LOCK (RELOAD or ALL PRIVILEGES on *.*).
     reload: bool = False
+    #: ``lower_case_table_names`` is not 0: the server compares table and database names case-insensitively.
+    names_ignore_case: bool = False
 
 
 #: Server error numbers of a refused login: access denied (to the server or the database),
@@ -91,7 +93,8 @@ def check_server(conn: pymysql.connections.Connection[Any], where: str, server_i
         version, own_id = str(row[0]), int(row[1])
         mariadb = "mariadb" in version.lower()
         v = _variables(cur, ["log_bin", "binlog_format", "binlog_row_image", "binlog_row_metadata",
-                             "log_bin_compress", "binlog_transaction_compression", "gtid_mode"])
+                             "log_bin_compress", "binlog_transaction_compression", "gtid_mode",
+                             "lower_case_table_names"])
         if v.get("log_bin", "OFF").upper() not in ("ON", "1"):
             raise SourceSetupError(f"{where}: the binary log is off (log_bin=OFF); start the server with "
                                    "--log-bin (a restart is needed)")
@@ -137,7 +140,8 @@ def check_server(conn: pymysql.connections.Connection[Any], where: str, server_i
                     "the job's user (SELECT may be limited to the captured databases)"
                 )
     return Server(version, mariadb, own_id, gtids=mariadb or v.get("gtid_mode", "OFF").upper() == "ON",
-                  reload=bool({"RELOAD", "ALL PRIVILEGES"} & global_privs))
+                  reload=bool({"RELOAD", "ALL PRIVILEGES"} & global_privs),
+                  names_ignore_case=v.get("lower_case_table_names", "0") != "0")
 
 
 def binary_logs(conn: pymysql.connections.Connection[Any]) -> list[str]:

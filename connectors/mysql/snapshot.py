@@ -12,7 +12,6 @@ stays bounded whatever the table size.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +37,6 @@ _CATALOG_TYPES = {
     "multipoint": t.GEOMETRY, "multilinestring": t.GEOMETRY, "multipolygon": t.GEOMETRY,
     "geometrycollection": t.GEOMETRY,
 }
-_QUOTED = re.compile(r"'((?:[^']|'')*)'")
 
 
 def quote_identifier(name: str) -> str:
@@ -85,7 +83,8 @@ def catalog_type(c: CatalogColumn) -> MySqlColumnType:
         bits=c.precision if code == t.BIT else 0,
         binary=binary and not sql_type(c),
         length=c.max_length if c.data_type == "binary" else 0,
-        set_values=tuple(v.replace("''", "'") for v in _QUOTED.findall(c.column_type)) if code == t.SET else (),
+        # No SET labels: information_schema shows them in utf8mb3 (a 4-byte character is '?'),
+        # and the snapshot needs none (`select_rows` reads a SET as its mask and its text).
     )
 
 
@@ -237,16 +236,26 @@ def plan_chunks(conn: pymysql.connections.Connection[Any], table: SnapshotTable,
     ]
 
 
+def _select_expression(c: Column) -> str:
+    """How `select_rows` reads column `c`: as is, but FLOAT, which the server prints with 6
+    digits, as its exact value in a DOUBLE, and SET as ``<mask>,<text>``: the text alone
+    loses an empty-string member chosen first (``SET('', 'a')`` prints 3 as ``a``), and
+    the labels information_schema shows cannot be trusted (`catalog_type`), so
+    `MySqlColumnType.normalise_snapshot` restores that member from the mask."""
+    name = quote_identifier(c.name)
+    if c.type_oid == t.FLOAT:
+        return f"CAST({name} AS DOUBLE)"
+    if c.type_oid == t.SET:
+        return f"CONCAT({name} + 0, ',', {name})"
+    return name
+
+
 def select_rows(conn: pymysql.connections.Connection[Any], chunk: Chunk, chunk_rows: int) -> Iterator[list[RawRow]]:
     """The chunk's rows in primary-key order, normalised, `chunk_rows` per list, read on `conn` (within
     whatever transaction it has open) through an unbuffered cursor."""
     table = chunk.table
     schema = table.schema
-    # FLOAT is printed with 6 digits by the server: read its exact value as a double.
-    names = ", ".join(
-        f"CAST({quote_identifier(c.name)} AS DOUBLE)" if c.type_oid == t.FLOAT else quote_identifier(c.name)
-        for c in schema.columns
-    )
+    names = ", ".join(_select_expression(c) for c in schema.columns)
     key = ", ".join(quote_identifier(n) for n in schema.key)
     # Every identifier is quoted by quote_identifier; values are parameters.
     table_name = f"{quote_identifier(schema.table.schema)}.{quote_identifier(schema.table.table)}"

@@ -15,7 +15,8 @@ A table's schema and codec come from its table map (column names, types, signedn
 primary key: ``binlog_row_metadata=FULL``) refined by the catalog (MariaDB's JSON, UUID,
 INET6), cached by the table's name and table-map columns, never by table id, and
 forgotten after every DDL statement, so an ``ALTER TABLE`` mid-stream shows in the next
-events' schema.
+events' schema. A ``TRUNCATE`` of a captured table (a statement in the binlog, read by
+connectors/mysql/statements.py) is an ``op: "t"`` event at its place in the log instead.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ from connectors.mysql.binlog import (
 from connectors.mysql.gtid import GtidState
 from connectors.mysql.rows import ChangeDecoder, RowColumn, compile_change_decoder
 from connectors.mysql.snapshot import Chunk, SnapshotReader, SnapshotTable, binlog_type, choose_method, describe_table
+from connectors.mysql.statements import UnreadableStatement, truncated_table
 from connectors.mysql.types import MySqlRowCodec, compile_normaliser
 from connectors.mysql.watermark import StreamFilter, WatermarkReader, load_marks, save_marks
 
@@ -288,8 +290,9 @@ class MySqlSource:
             else:
                 self._start = pos.resume_point(resume_from)
                 self._check_not_rewound(conn, max(have))
-                marks = load_marks(self._marks_file, resume_from.commit)
-                self._watermark = StreamFilter(marks) if marks else None  # a watermark snapshot's stream filter
+                kept = load_marks(self._marks_file, resume_from.commit)
+                # A watermark snapshot's stream filter.
+                self._watermark = StreamFilter(kept[1], kept[0]) if kept is not None and kept[1] else None
                 if self._start[0] not in have:
                     if cfg.on_binlog_gone == "resnapshot":
                         self._log.warning("binlog_gone_resnapshotting", oldest=logs[0], offset=self._start[1],
@@ -578,7 +581,7 @@ class MySqlSource:
             if isinstance(reader, WatermarkReader):
                 # Kept before the snapshot's last batch: a restart streaming from it filters the same changes.
                 await asyncio.to_thread(save_marks, self._marks_file, point, reader.marks)
-                self._watermark = StreamFilter(reader.marks)
+                self._watermark = StreamFilter(reader.marks, point)
                 self._log.info("snapshot_watermarks", chunks=len(reader.marks), window_changes=reader.window_changes,
                                until=pos.describe(self._watermark.until))
             yield b.cut(tx.position())
@@ -670,8 +673,13 @@ class MySqlSource:
                             yield emit(b.complete)
                 elif isinstance(rec, Statement):
                     # DDL (or any statement of its own): refresh schemas; the checkpoint may move past it.
-                    self._tables.clear()
+                    # A TRUNCATE of a captured table is its op "t" event instead (no schema change).
                     commit = tx.commit if tx is not None else pos.transaction_commit(index, rec.start)
+                    truncated = self._truncated(rec, commit)
+                    if truncated is None:
+                        self._tables.clear()
+                    else:
+                        await self._append_truncate(b, truncated, rec, commit, index)
                     tx = None
                     self._hold(gtid)
                     b.complete = Position(commit)
@@ -688,6 +696,55 @@ class MySqlSource:
             if b.complete is not None and tx is None and time.monotonic() - b.opened >= max_wait:
                 yield emit(b.complete)
         self._log.info("replication_stopping", position=pos.describe(last_yielded.commit))
+
+    def _truncated(self, rec: Statement, commit: int) -> tuple[str, str] | None:
+        """The captured table `rec` empties (a ``TRUNCATE``), as the job selected it; None for any
+        other statement. `DecodeError` for a TRUNCATE whose table cannot be read from its text."""
+        try:
+            named = truncated_table(rec.query, rec.database)
+        except UnreadableStatement as err:
+            raise DecodeError(f"{self.where}: binlog {pos.describe(commit)}: {err}; its rows cannot be removed "
+                              "from the sinks: delete the sinks' data and the job's state to start over with a new "
+                              "snapshot") from err
+        if named is None:
+            return None
+        if named in self._selected:
+            return named
+        if self._server.names_ignore_case:  # lower_case_table_names: the server matched the name so
+            folded = (named[0].lower(), named[1].lower())
+            return next((t for t in sorted(self._selected) if (t[0].lower(), t[1].lower()) == folded), None)
+        return None
+
+    async def _append_truncate(self, b: OpenBatch, table: tuple[str, str], rec: Statement, commit: int,
+                               index: int) -> None:
+        """Append the ``op: "t"`` event of `table`, emptied by statement `rec` (the transaction at
+        `commit`), in log order: into the table's open buffer when its rows have one (the schema
+        of its last table map), else a new one with the catalog's schema (as the snapshot reads
+        it). A table already dropped again has no schema: logged (``truncate_of_dropped_table``),
+        nothing appended (a drop is not propagated either)."""
+        database, name = table
+        rel = next((r for (d, n, _), r in reversed(self._tables.items()) if (d, n) == table), None)
+        if rel is None:
+            assert self._ctl is not None
+            try:
+                st = await asyncio.to_thread(describe_table, self._ctl, self.name, database, name)
+            except pymysql.Error as err:
+                raise SourceConnectionError(f"{self.where}: cannot read the catalog: {first_line(err)}") from err
+            if not st.schema.columns:
+                self._log.warning("truncate_of_dropped_table", table=f"{database}.{name}",
+                                  position=pos.describe(commit))
+                return
+            rel = _Table(st.schema, st.codec, None)
+        if self._watermark is not None:
+            marks = self._watermark.truncated(database, name, commit)
+            if marks is not None:  # the filter's new state, kept before the truncate can be durable
+                await asyncio.to_thread(save_marks, self._marks_file, self._watermark.point, marks)
+        if not b.events:
+            b.opened = time.monotonic()
+        truncate = Transaction(0, commit, datetime.fromtimestamp(rec.timestamp, UTC))
+        (rel.append or b.segment(rel))(("t", truncate, 1, (index << 32) | rec.end, None, None))
+        b.events += 1
+        b.nbytes += 64
 
     def _zero_date(self, rel: _Table, col: int) -> None:
         """A zero date in column `col`: stop (``zero_dates: fail``) or count it and deliver NULL."""

@@ -122,7 +122,7 @@ class MySqlColumnType:
     bits: int = 0
     binary: bool = False
     length: int = 0  # BINARY(n): n, to restore the trailing zero bytes the binlog drops
-    set_values: tuple[str, ...] = ()
+    set_values: tuple[str, ...] = ()  # SET labels in definition order: the table map's (the snapshot needs none)
 
     @property
     def name(self) -> str:
@@ -210,9 +210,7 @@ class MySqlColumnType:
         if t in (DATE, DATETIME, DATETIME2):
             return lambda v: v if isinstance(v, date) else None  # zero dates arrive as text
         if t == SET:
-            order = {name: i for i, name in enumerate(self.set_values)}
-            return lambda v: sorted((v.split(",") if isinstance(v, str) else list(v)) if v else [],
-                                    key=order.__getitem__)
+            return _set_members
         if t == BIT:
             return lambda v: int.from_bytes(v, "big")
         if t == JSON:
@@ -239,6 +237,23 @@ class MySqlColumnType:
         if self.binary or t == GEOMETRY:
             return lambda v: base64.b64encode(v).decode()
         return None
+
+
+def _set_members(value: str | bytes) -> list[str]:
+    """A SET as the snapshot reads it (``<mask>,<text>``, connectors/mysql/snapshot.py) as its
+    chosen labels in definition order, the order the server prints them in.
+
+    No label holds a comma (the server refuses one), so the text splits exactly, except
+    that an empty-string member chosen first leaves no trace in it (``SET('', 'a')``
+    prints 3 as ``a``, 1 as the empty text): one member fewer than the mask has bits
+    is that member, first.
+    """
+    text = value.decode() if isinstance(value, bytes) else value
+    mask, _, chosen = text.partition(",")
+    members = chosen.split(",") if chosen else []
+    if len(members) < int(mask).bit_count():
+        members.insert(0, "")
+    return members
 
 
 def compile_normaliser(types: Sequence[MySqlColumnType]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]] | None:

@@ -35,7 +35,7 @@ import threading
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -158,11 +158,17 @@ class StreamFilter:
     moving a key between chunks is split where only one side is held: its delete half or
     its insert half goes on alone. Once the stream is at or past the largest high, every
     change passes (one comparison).
+
+    A ``TRUNCATE`` of T at `commit` (`truncated`) empties T in the sinks, snapshot rows
+    included, so every later change of T must pass: T's highs are lowered to `commit`.
     """
 
-    def __init__(self, marks: Iterable[ChunkMark]) -> None:
+    def __init__(self, marks: Iterable[ChunkMark], point: int = 0) -> None:
+        """`point`: the snapshot's consistent point, as `save_marks` keeps it."""
+        self.point = point
+        self.marks = list(marks)
         grouped: dict[tuple[str, str], list[ChunkMark]] = {}
-        for m in marks:
+        for m in self.marks:
             grouped.setdefault((m.database, m.table), []).append(m)
         self._tables: dict[tuple[str, str], _TableMarks] = {}
         for name, ms in grouped.items():
@@ -172,6 +178,21 @@ class StreamFilter:
                                              [m.high for m in ms], max(m.high for m in ms))
         #: The stream position from which every change passes.
         self.until = max((t.until for t in self._tables.values()), default=0)
+
+    def truncated(self, database: str, table: str, commit: int) -> list[ChunkMark] | None:
+        """Table `database`.`table` is truncated by the transaction at `commit`: from there on
+        every change of it passes (the truncate empties the chunks' rows in the sinks, those
+        read after it too). Returns the marks to keep (`save_marks`) when they changed, None
+        when the filter already let every change of the table at `commit` pass."""
+        t = self._tables.get((database, table))
+        if t is None or commit >= t.until:
+            return None
+        self.marks = [replace(m, high=min(m.high, commit)) if (m.database, m.table) == (database, table) else m
+                      for m in self.marks]
+        t.highs = [min(h, commit) for h in t.highs]
+        t.until = commit
+        self.until = max((x.until for x in self._tables.values()), default=0)
+        return self.marks
 
     def admit(self, rec: Rows, commit: int) -> list[Rows]:
         """What of `rec` (a rows event of the transaction at `commit`) the stream delivers."""
@@ -381,13 +402,16 @@ def save_marks(path: Path, point: int, marks: Sequence[ChunkMark]) -> None:
     write_state(path, json.dumps(doc).encode(), "the watermark snapshot's chunk marks")
 
 
-def load_marks(path: Path, resume: int) -> list[ChunkMark] | None:
-    """The marks `save_marks` kept, when a stream resuming at `resume` (a `Position.commit`) comes
-    after that snapshot (None: no file, or a snapshot later than `resume`)."""
+def load_marks(path: Path, resume: int) -> tuple[int, list[ChunkMark]] | None:
+    """The snapshot's point and the marks `save_marks` kept, when a stream resuming at `resume`
+    (a `Position.commit`) comes after that snapshot (None: no file, or a snapshot later than
+    `resume`)."""
     try:
         doc = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
-    if int(doc["point"]) > resume:
+    point = int(doc["point"])
+    if point > resume:
         return None
-    return [ChunkMark(str(d), str(t), k, low, high_key, int(high)) for d, t, k, low, high_key, high in doc["marks"]]
+    return point, [ChunkMark(str(d), str(t), k, low, high_key, int(high))
+                   for d, t, k, low, high_key, high in doc["marks"]]
