@@ -55,7 +55,19 @@ def test_float32_shortest_reads_back_as_the_same_float32(value: float) -> None:
     """The rendering is the shortest text that reads back to the same 4 bytes."""
     short = float32_shortest(value)
     assert struct.pack("<f", short) == struct.pack("<f", value)
-    assert len(repr(short)) <= len(repr(value))
+    assert significant_digits(short) <= significant_digits(value)
+
+
+def significant_digits(value: float) -> int:
+    """Digits of the shortest text of `value` that reads back to it, without exponent or padding zeros
+    (1e12 has 1, where ``repr`` prints 13 digits and a fraction)."""
+    return len(Decimal(repr(value)).normalize().as_tuple().digits)
+
+
+def test_float32_shortest_compares_digits_not_text_length() -> None:
+    """999999995904.0 (a float32) is 1e12 in shortest form: fewer digits, though a longer repr."""
+    assert float32_shortest(999999995904.0) == 1e12
+    assert significant_digits(1e12) == 1
 
 
 def test_float32_examples() -> None:
