@@ -121,6 +121,17 @@ def pg(pg_server: DisposablePostgres, request: pytest.FixtureRequest) -> Iterato
         pg_server.drop_database(dbname)
 
 
+@pytest.fixture
+def target(pg_server: DisposablePostgres, request: pytest.FixtureRequest) -> Iterator[PgDatabase]:
+    """A second fresh database on the session's server: a PostgreSQL warehouse target."""
+    dbname = database_name(f"wh_{request.node.name}")
+    pg_server.create_database(dbname)
+    try:
+        yield PgDatabase(server=pg_server, dbname=dbname, dsn=pg_server.dsn(dbname))
+    finally:
+        pg_server.drop_database(dbname)
+
+
 @pytest.fixture(scope="session")
 def mariadb_server() -> Iterator[DisposableMariaDB]:
     """One MariaDB server for the whole session, always stopped at the end."""

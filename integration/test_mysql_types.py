@@ -10,7 +10,7 @@ read back with the engine's own reader and compared with MariaDB's own ``SELECT`
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -24,9 +24,8 @@ from deltalake import DeltaTable, QueryBuilder
 from deltalake.exceptions import TableNotFoundError
 from psycopg import sql
 
-from cdc.sandbox import DisposablePostgres
 from integration import mysql
-from integration.conftest import MariaDatabase, PgDatabase, database_name
+from integration.conftest import MariaDatabase, PgDatabase
 from integration.daemon import Daemons, JobFiles, envelopes, mysql_job_config, wait_until, write_config
 
 ZOO_DDL = """CREATE TABLE zoo (
@@ -145,16 +144,6 @@ def test_zero_dates_arrive_as_null_with_a_warning(mariadb: MariaDatabase, tmp_pa
     warnings = [e for e in daemon.events(all_runs=True) if e.get("event") == "zero_date_as_null"]
     assert {w["column"] for w in warnings} >= {"dd", "dt"}
 
-
-@pytest.fixture
-def target(pg_server: DisposablePostgres, request: pytest.FixtureRequest) -> Iterator[PgDatabase]:
-    """A fresh database on the session's PostgreSQL server: the warehouse target."""
-    dbname = database_name(f"wh_{request.node.name}")
-    pg_server.create_database(dbname)
-    try:
-        yield PgDatabase(server=pg_server, dbname=dbname, dsn=pg_server.dsn(dbname))
-    finally:
-        pg_server.drop_database(dbname)
 
 
 def _float32(v: Any) -> Any:

@@ -19,10 +19,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cdc.sandbox import DisposablePostgres
 from connectors.postgres.stream import ReplicationStream
 from integration.brokers import checkpoint_of, source_rows
-from integration.conftest import PgDatabase, database_name, unique_name
+from integration.conftest import PgDatabase, unique_name
 from integration.daemon import (
     Daemon,
     Daemons,
@@ -213,16 +212,6 @@ def test_walsender_terminated_mid_stream_retries(pg: PgDatabase, tmp_path: Path,
     assert daemon.terminate(20.0) == 0
     assert_retried(daemon, "SourceConnectionError")
 
-
-@pytest.fixture
-def target(pg_server: DisposablePostgres, request: pytest.FixtureRequest) -> Iterator[PgDatabase]:
-    """A second database on the source's server: a PostgreSQL warehouse target."""
-    dbname = database_name(f"wh_{request.node.name}")
-    pg_server.create_database(dbname)
-    try:
-        yield PgDatabase(server=pg_server, dbname=dbname, dsn=pg_server.dsn(dbname))
-    finally:
-        pg_server.drop_database(dbname)
 
 
 def test_fast_restart_with_a_failing_sink_on_the_same_server(

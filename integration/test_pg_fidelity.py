@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,8 @@ from deltalake import DeltaTable, QueryBuilder
 from deltalake.exceptions import TableNotFoundError
 
 from cdc.events import UNCHANGED, ChangeBatch, Column, Position, TableId, TableSchema, Transaction
-from cdc.sandbox import DisposablePostgres
 from connectors.postgres import types as pgt
-from integration.conftest import PgDatabase, database_name
+from integration.conftest import PgDatabase
 from integration.daemon import (
     Daemon,
     Daemons,
@@ -318,16 +316,6 @@ def test_lag_is_measured_and_heartbeat_messages_stay_out_of_sinks(
     assert [e["op"] for e in envelopes(files.sink)] == ["c"]
     assert daemon.terminate() == 0
 
-
-@pytest.fixture
-def target(pg_server: DisposablePostgres, request: pytest.FixtureRequest) -> Iterator[PgDatabase]:
-    """A fresh database on the session's PostgreSQL server: the warehouse target."""
-    dbname = database_name(f"wh_{request.node.name}")
-    pg_server.create_database(dbname)
-    try:
-        yield PgDatabase(server=pg_server, dbname=dbname, dsn=pg_server.dsn(dbname))
-    finally:
-        pg_server.drop_database(dbname)
 
 
 #: Rows of the special-values table: (id, date, timestamp, timestamptz, time), as SQL literals.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import string
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,9 @@ import pytest
 from psycopg import sql
 
 from cdc.events import UNCHANGED, ChangeBatch, Column, Position, TableId, TableSchema, Transaction
-from cdc.sandbox import DisposablePostgres
 from connectors.postgres import types as pgt
 from integration.brokers import broker_job, checkpoint_of
-from integration.conftest import PgDatabase, database_name
+from integration.conftest import PgDatabase
 from integration.daemon import (
     ITEMS_DDL,
     ChangeWriter,
@@ -48,16 +46,6 @@ HOSTILE = 'weird "name"; drop table x;--'
 
 Rows = list[tuple[Any, ...]]
 
-
-@pytest.fixture
-def target(pg_server: DisposablePostgres, request: pytest.FixtureRequest) -> Iterator[PgDatabase]:
-    """A second fresh database on the session's server: the PostgreSQL target."""
-    dbname = database_name(f"wh_{request.node.name}")
-    pg_server.create_database(dbname)
-    try:
-        yield PgDatabase(server=pg_server, dbname=dbname, dsn=pg_server.dsn(dbname))
-    finally:
-        pg_server.drop_database(dbname)
 
 
 def select_all(schema: str, name: str, key: str = "id") -> sql.Composed:
