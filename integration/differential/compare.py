@@ -10,9 +10,10 @@ differs is a failure.
 
 Canonical forms, so that values from different readers compare:
 - file sink: the event JSON (`json.loads`), the oracle rendered as docs/types.md says;
-- Delta and DuckDB (PostgreSQL sources): Arrow values with dates, times and timestamps as
-  the integers Arrow stores (days, microseconds), since BC, far and infinite values have no
-  Python `date`; Delta's `time` is its documented string;
+- Delta and DuckDB (PostgreSQL sources): Arrow values with dates, times and timestamps (also
+  inside lists) as the integers Arrow stores (days, microseconds), since BC, far and infinite
+  values have no Python `date`; Delta's `time` is its documented string, and what is outside
+  Delta's range is clamped to its ends (a `LOSSES` entry);
 - PostgreSQL target (PostgreSQL sources): PostgreSQL text, read like the oracle;
 - MySQL sources: Python values (PyMySQL's for the oracle, the readers' for the sinks); a TIME is
   Delta's text, DuckDB's INTERVAL as Arrow's ``MonthDayNano`` and the PostgreSQL target's
