@@ -9,6 +9,11 @@ end the failing seeds, each replayable with ``--seed S``. Exit status 1 if any s
     .venv/bin/python -m bench.soak --minutes 30            # seeds 1, 2, 3, ... until 30 minutes passed
     .venv/bin/python -m bench.soak --seed 3                # replay seed 3 (both engines)
     .venv/bin/python -m bench.soak --seed 3 --engine pg --sinks file postgres --families int4 date
+
+The same seed in the test suite: ``CDC_DIFFERENTIAL_SEEDS=3 pytest integration/test_differential.py -k seed_3``.
+A narrower ``--families`` draws other values than the full seed: check that the failure stays.
+Failing seeds keep their work directory (the sinks and the daemon's log ``cdc.log``); ``--keep``
+keeps every one.
 """
 
 from __future__ import annotations

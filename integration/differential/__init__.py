@@ -12,6 +12,17 @@ compared row by row (`compare`) with an oracle that cdc's code has no part in (`
 Each sink's rows go through a normalisation that implements the documented type mapping
 (docs/types.md, docs/mysql.md, docs/delta.md, docs/warehouse.md) plus the list of values a
 sink cannot hold (`compare.LOSSES`, documented in docs/types.md, "Values a sink cannot
-hold"): any other difference is a failure. A seed replays exactly:
-``pytest integration/test_differential.py -k seed_3`` or ``python -m bench.soak --seed 3``.
+hold"); a loss the sink warns about must come with its warning in the daemon's log, once per
+table and column and job start (`compare.check_logged_losses`). Any other difference is a
+failure, and so is an unexpected exit of the daemon, a traceback in its log, or a job that
+retries the same error without progress.
+
+A seed replays exactly (as long as `families` and `workload` are unchanged):
+
+- ``CDC_DIFFERENTIAL_SEEDS=3 pytest integration/test_differential.py -k seed_3`` (both engines;
+  ``-k "postgres and seed_3"`` for one), or
+- ``python -m bench.soak --seed 3`` (``--engine``, ``--sinks``, ``--families``, ``--faults`` narrow
+  it down; ``--keep`` keeps the sinks and the daemon's log).
+
+docs/types.md, "Values a sink cannot hold", says the same for users.
 """

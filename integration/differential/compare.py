@@ -10,11 +10,14 @@ differs is a failure.
 
 Canonical forms, so that values from different readers compare:
 - file sink: the event JSON (`json.loads`), the oracle rendered as docs/types.md says;
-- Delta and DuckDB (PostgreSQL sources): Arrow values with dates, times and timestamps as
-  the integers Arrow stores (days, microseconds), since BC, far and infinite values have no
-  Python `date`; Delta's `time` is its documented string;
+- Delta and DuckDB (PostgreSQL sources): Arrow values with dates, times and timestamps (also
+  inside lists) as the integers Arrow stores (days, microseconds), since BC, far and infinite
+  values have no Python `date`; Delta's `time` is its documented string, and what is outside
+  Delta's range is clamped to its ends (a `LOSSES` entry);
 - PostgreSQL target (PostgreSQL sources): PostgreSQL text, read like the oracle;
-- MySQL sources: Python values (PyMySQL's for the oracle, the readers' for the sinks).
+- MySQL sources: Python values (PyMySQL's for the oracle, the readers' for the sinks); a TIME is
+  Delta's text, DuckDB's INTERVAL as Arrow's ``MonthDayNano`` and the PostgreSQL target's
+  interval as its text (`my_time_expected`).
 NaN compares equal to NaN (floats and decimals).
 """
 
@@ -23,11 +26,13 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+
+import pyarrow as pa
 
 from integration.test_type_zoo import nested, render
 
@@ -112,8 +117,9 @@ class Loss:
     """A value `sinks` cannot hold as the source has it, and what they hold instead.
 
     `applies(oracle value)` picks the values (PostgreSQL text, or a PyMySQL value);
-    `instead(expected without the loss)` is what the sink holds. `doc` is the line of
-    docs/types.md's "Values a sink cannot hold" that documents it.
+    `instead(oracle value)` is what the sink holds, in the canonical form of that sink (see
+    the module docstring). The first loss that applies wins, in the order of `LOSSES`. `doc`
+    is the row of docs/types.md's "Values a sink cannot hold" that documents it.
     """
 
     engine: str
@@ -123,6 +129,8 @@ class Loss:
     instead: Callable[[Any], Any]
     doc: str
     arrays_only: bool = False
+    #: The warning the sink logs (once per table and column and job start) when it holds such a value.
+    event: str | None = None
 
 
 def _flatten(value: Any) -> Any:
@@ -136,6 +144,28 @@ def _out_of_int64(text: Any) -> bool:
         INT64_MIN <= pg_timestamp_storage(text) <= INT64_MAX)
 
 
+#: Delta's range of dates and timestamps (docs/delta.md: chrono's, -262143-01-01 to
+#: +262142-12-31 23:59:59.999999), as storage integers computed from the calendar above.
+DELTA_DATE_MIN, DELTA_DATE_MAX = days_from_civil(-262143, 1, 1), days_from_civil(262142, 12, 31)
+DELTA_TIMESTAMP_MIN, DELTA_TIMESTAMP_MAX = DELTA_DATE_MIN * DAY_US, (DELTA_DATE_MAX + 1) * DAY_US - 1
+
+
+def _outside_delta_dates(text: Any) -> bool:
+    return isinstance(text, str) and not DELTA_DATE_MIN <= pg_date_storage(text) <= DELTA_DATE_MAX
+
+
+def _delta_date_clamped(text: str) -> int:
+    return DELTA_DATE_MAX if pg_date_storage(text) > DELTA_DATE_MAX else DELTA_DATE_MIN
+
+
+def _outside_delta_timestamps(text: Any) -> bool:
+    return isinstance(text, str) and not DELTA_TIMESTAMP_MIN <= pg_timestamp_storage(text) <= DELTA_TIMESTAMP_MAX
+
+
+def _delta_timestamp_clamped(text: str) -> int:
+    return DELTA_TIMESTAMP_MAX if pg_timestamp_storage(text) > DELTA_TIMESTAMP_MAX else DELTA_TIMESTAMP_MIN
+
+
 LOSSES: tuple[Loss, ...] = (
     Loss("pg", COLUMNAR, ("numeric",), lambda t: t == "NaN", lambda _: None,
          "PostgreSQL `numeric(p,s)` (p ≤ 38) `NaN` | Delta, DuckDB, PostgreSQL target | NULL (decimal128 has no NaN)"),
@@ -145,6 +175,17 @@ LOSSES: tuple[Loss, ...] = (
     Loss("pg", COLUMNAR, ("*",), lambda v: isinstance(v, list) and any(isinstance(x, list) for x in v), _flatten,
          "PostgreSQL arrays of two or more dimensions | Delta, DuckDB, PostgreSQL target | the elements flattened "
          "in row-major order (one dimension)", arrays_only=True),
+    # After the int64 loss (the first that applies wins): what is left outside Delta's range is clamped.
+    Loss("pg", ("delta",), ("date",), _outside_delta_dates, _delta_date_clamped,
+         "PostgreSQL `date` `infinity`, `-infinity`, after +262142-12-31 | Delta | the last or first date Delta "
+         "holds (`+262142-12-31`, `-262143-01-01`), with one `delta_value_clamped` warning per table and column",
+         event="delta_value_clamped"),
+    Loss("pg", ("delta",), ("timestamp", "timestamptz"), _outside_delta_timestamps, _delta_timestamp_clamped,
+         "PostgreSQL `timestamp`/`timestamptz` `infinity`, `-infinity`, from 262143-01-01 to 294247-01-10 (UTC) | "
+         "Delta | "
+         "the last or first timestamp Delta holds (`+262142-12-31T23:59:59.999999`, `-262143-01-01T00:00:00`), "
+         "with one `delta_value_clamped` warning per table and column",
+         event="delta_value_clamped"),
 )
 
 
@@ -152,25 +193,73 @@ def _micros(value: timedelta) -> int:
     return (value.days * 86400 + value.seconds) * 1_000_000 + value.microseconds
 
 
-def _after_year_262142(text: Any) -> bool:
-    return isinstance(text, str) and text[:1].isdigit() and not text.endswith(" BC") and int(
-        text.split("-", 1)[0]) > 262142
-
-
-def _delta_time_24(text: Any) -> bool:
-    return isinstance(text, str) and text.startswith("24:")
-
-
-LOSSES += (
-    Loss("mysql", ("delta",), ("time",), lambda v: isinstance(v, timedelta), lambda v: str(_micros(v)),
-         "MySQL/MariaDB `TIME` | Delta | a string of the signed microsecond count (`-3020399000000` for "
-         "`-838:59:59`): Delta has no duration type"),
-)
-
-
 def _losses(engine: str, sink: str, kind: str, is_array: bool) -> list[Loss]:
     return [loss for loss in LOSSES if loss.engine == engine and sink in loss.sinks
             and (kind in loss.kinds or "*" in loss.kinds) and (is_array or not loss.arrays_only)]
+
+
+def logged_losses(engine: str, sink: str, kind: str, is_array: bool, value: Any) -> set[str]:
+    """The warnings (`Loss.event`) `sink` must have logged for holding the oracle's `value` (a
+    scalar, or a nested list of elements): those of the first loss applying to each element."""
+    if value is None:
+        return set()
+    if is_array:
+        for loss in _losses(engine, sink, kind, is_array):
+            if loss.arrays_only and loss.applies(value):
+                value = loss.instead(value)
+        values = _flatten(value) if isinstance(value, list) else [value]
+    else:
+        values = [value]
+    scalar = [loss for loss in _losses(engine, sink, kind, is_array) if not loss.arrays_only]
+    out: set[str] = set()
+    for v in values:
+        first = next((loss for loss in scalar if v is not None and loss.applies(v)), None)
+        if first is not None and first.event is not None:
+            out.add(first.event)
+    return out
+
+
+def event_losses(engine: str, sink: str, kind: str) -> set[str]:
+    """Every warning `sink` may log for a column of `kind` of `engine` (`Loss.event`)."""
+    return {loss.event for loss in _losses(engine, sink, kind, True) if loss.event is not None}
+
+
+#: The fields a loss warning may carry (docs/delta.md): never a value of a row.
+LOSS_EVENT_FIELDS = frozenset({"job", "sink", "table", "column", "values", "event", "level", "timestamp"})
+
+
+def check_logged_losses(engine: str, sink: str, table: str, kinds: Mapping[str, tuple[str, bool]], oracle: Rows,
+                        events: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The loss warnings of `sink` for `table` (``schema.table``) in the daemon's log (`events`, every
+    run) against what the sink holds: each column holding a lost value was warned about, no warning
+    names a column that cannot lose a value, none is logged twice for one column between two
+    ``job_starting`` events, and none carries more than `LOSS_EVENT_FIELDS` (a count, no values)."""
+    names = {loss.event for loss in LOSSES if loss.event is not None}
+    out: list[str] = []
+    seen: set[tuple[str, str]] = set()  # (event, column) since the last job start
+    warned: set[tuple[str, str]] = set()
+    for e in events:
+        if e.get("event") == "job_starting":
+            seen.clear()
+        if e.get("event") not in names or e.get("sink") != sink or e.get("table") != table:
+            continue
+        event, column = str(e["event"]), str(e.get("column"))
+        extra = set(e) - LOSS_EVENT_FIELDS
+        if extra or not isinstance(e.get("values"), int):
+            what = sorted(extra) or "a values field that is no count"
+            out.append(f"{sink} {table}: {event} for {column} carries {what}")
+        known = kinds.get(column)
+        if known is None or event not in event_losses(engine, sink, known[0]):
+            out.append(f"{sink} {table}: {event} for column {column}, which cannot hold such a value")
+        if (event, column) in seen:
+            out.append(f"{sink} {table}: {event} for column {column} logged twice in one job run")
+        seen.add((event, column))
+        warned.add((event, column))
+    for column, (kind, is_array) in kinds.items():
+        needed = set().union(*(logged_losses(engine, sink, kind, is_array, row.get(column)) for row in oracle.values()))
+        out.extend(f"{sink} {table}: column {column} holds a value that needs {event}, which was never logged"
+                   for event in sorted(needed) if (event, column) not in warned)
+    return out
 
 
 # -- expected values of a PostgreSQL oracle's text ----------------------------------------------------
@@ -298,6 +387,29 @@ def my_expected(sink: str, kind: str, labels: tuple[str, ...], value: Any) -> An
     for loss in _losses("mysql", sink, kind, False):
         if loss.applies(value):
             return loss.instead(value)
+    if kind == "time":
+        return my_time_expected(sink, value)
+    return value
+
+
+def delta_duration_text(value: timedelta) -> str:
+    """docs/delta.md: a MySQL TIME in Delta is ``[-]HH:MM:SS.ffffff`` (six fraction digits, hours to 838)."""
+    micros = _micros(value)
+    seconds, us = divmod(abs(micros), 1_000_000)
+    sign = "-" if micros < 0 else ""
+    return f"{sign}{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}.{us:06d}"
+
+
+def my_time_expected(sink: str, value: timedelta) -> Any:
+    """A MySQL TIME in a columnar sink (docs/delta.md, docs/warehouse.md): Delta's text, DuckDB's
+    INTERVAL of microseconds only (no months, no days), the PostgreSQL target's interval of hours,
+    minutes and seconds, read as its text (``-838:59:59``, the form `mysql_time_text` writes)."""
+    if sink == "delta":
+        return delta_duration_text(value)
+    if sink == "duckdb":
+        return pa.MonthDayNano([0, 0, _micros(value) * 1000])
+    if sink == "postgres":
+        return mysql_time_text(value)
     return value
 
 

@@ -103,6 +103,11 @@ def _uuid(r: random.Random) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def _pg_array(element: Callable[[random.Random], str]) -> Gen:
+    """A random one-dimensional array literal of 0-3 elements, each double-quoted (``"0044-03-15 BC"``)."""
+    return lambda r: "{" + ",".join(f'"{element(r)}"' for _ in range(r.randint(0, 3))) + "}"
+
+
 def _pg_text_literal(text: str) -> str:
     """An element of a text[] literal: double-quoted with backslash escapes."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -138,16 +143,18 @@ PG_FAMILIES: tuple[PgFamily, ...] = (
              lambda r: f'{{"k": {r.randint(-9, 10**20)}, "e": "😀"}}'),
     PgFamily("date", "date", "date",
              ("infinity", "-infinity", "0044-03-15 BC", "4714-11-24 BC", "9999-12-31", "0001-01-01",
-              "300000-01-01", "5874897-12-31"), _date),
+              "262142-12-31", "262143-01-01", "300000-01-01", "5874897-12-31"), _date),
     PgFamily("time", "time", "time", ("24:00:00", "00:00:00", "23:59:59.999999"), _clock),
     PgFamily("timetz", "timetz", "text", ("24:00:00-15:59", "00:00:00+00", "03:04:05.123456+05:30"),
              lambda r: _clock(r) + _tz(r)),
     PgFamily("ts", "timestamp", "timestamp",
              ("infinity", "-infinity", "0044-03-15 12:00:00 BC", "294276-12-31 23:59:59.999999",
+              "262142-12-31 23:59:59.999999", "262143-01-01 00:00:00", "270000-06-15 12:00:00",
               "1970-01-01 00:00:00", "2038-01-19 03:14:07.999999"), _timestamp),
     PgFamily("tstz", "timestamptz", "timestamptz",
              ("infinity", "-infinity", "4714-11-24 00:00:00+00 BC", "294276-12-31 23:59:59.999999+00",
-              "2026-01-02 03:04:05.5+02"), lambda r: _timestamp(r) + _tz(r)),
+              "262143-01-01 01:00:00+02", "270000-06-15 12:00:00+00", "2026-01-02 03:04:05.5+02"),
+             lambda r: _timestamp(r) + _tz(r)),
     PgFamily("interval", "interval", "text",
              ("0", "-00:00:00.000001", "1 year 2 mons 3 days 04:05:06.789",
               "178956970 years 7 months 2147483647 days 2562047788:00:54.775807"),
@@ -157,6 +164,17 @@ PG_FAMILIES: tuple[PgFamily, ...] = (
              lambda r: "{" + ",".join(str(r.randint(-9, 9)) for _ in range(r.randint(0, 4))) + "}", array=True),
     PgFamily("text_arr", "text", "text", ('{"",NULL,"a,b","😀","NULL"}', "{}"),
              lambda r: "{" + ",".join(_pg_text_literal(rand_text(r, 5)) for _ in range(r.randint(0, 3))) + "}",
+             array=True),
+    PgFamily("date_arr", "date", "date",
+             ("{infinity,-infinity,NULL}", '{"5874897-12-31","4714-11-24 BC","262143-01-01","262142-12-31"}',
+              "{{infinity,2026-01-02},{-infinity,NULL}}"), _pg_array(_date), array=True),
+    PgFamily("ts_arr", "timestamp", "timestamp",
+             ('{infinity,-infinity,"294276-12-31 23:59:59.999999","270000-06-15 12:00:00"}',
+              '{"0044-03-15 12:00:00 BC",NULL}'), _pg_array(_timestamp), array=True),
+    PgFamily("tstz_arr", "timestamptz", "timestamptz",
+             ('{infinity,-infinity,"2026-01-02 03:04:05.5+02","262143-01-01 00:00:00+00"}',
+              '{"4714-11-24 00:00:00+00 BC",NULL}'), _pg_array(lambda r: _timestamp(r) + _tz(r)), array=True),
+    PgFamily("time_arr", "time", "time", ("{24:00:00,00:00:00,NULL}", '{"23:59:59.999999"}'), _pg_array(_clock),
              array=True),
     PgFamily("mood", "mood", "text", ("sad", "with \"quote\", comma", "ünï"), lambda r: r.choice(["sad", "ok"])),
     PgFamily("inet", "inet", "text", ("::1", "192.168.1.5/24", "2001:db8::1/64"),
@@ -235,7 +253,9 @@ MY_FAMILIES: tuple[MyFamily, ...] = (
     MyFamily("tiny", "TINYINT", "int", (-128, 127), _my_int(-128, 127)),
     MyFamily("utiny", "TINYINT UNSIGNED", "uint", (0, 255), _my_int(0, 255)),
     MyFamily("small", "SMALLINT", "int", (-32768, 32767), _my_int(-32768, 32767)),
+    MyFamily("usmall", "SMALLINT UNSIGNED", "uint", (0, 65535), _my_int(0, 65535)),
     MyFamily("medium", "MEDIUMINT", "int", (-8388608, 8388607), _my_int(-8388608, 8388607)),
+    MyFamily("umedium", "MEDIUMINT UNSIGNED", "uint", (0, 16777215), _my_int(0, 16777215)),
     MyFamily("uint", "INT UNSIGNED", "uint", (0, 4294967295), _my_int(0, 4294967295)),
     MyFamily("bigint", "BIGINT", "int", (-(2**63), 2**63 - 1), _my_int(-(2**63), 2**63 - 1)),
     MyFamily("ubigint", "BIGINT UNSIGNED", "uint", (0, 2**64 - 1), _my_int(0, 2**64 - 1)),

@@ -27,7 +27,7 @@ from cdc.sandbox import DisposableMariaDB, DisposablePostgres
 from integration.brokers import checkpoint_of
 from integration.daemon import Daemon, DaemonError, JobFiles, job_config, mysql_job_config, write_config
 from integration.differential import compare
-from integration.differential.compare import Difference, diff_rows, my_expected, pg_expected
+from integration.differential.compare import Difference, check_logged_losses, diff_rows, my_expected, pg_expected
 from integration.differential.families import MyFamily, PgFamily
 from integration.differential.sinks import delta_table, duckdb_table, file_tables
 from integration.differential.sources import MySide, PgSide, my_quote, pg_read
@@ -273,13 +273,16 @@ def run_pg_seed(servers: Servers, seed: int, work: Path, options: RunOptions = R
         _wait(caught_up, options.catch_up_s, supervisor, "every sink's checkpoint, cdc's slot and the native "
               "subscription to reach the source's last WAL position")
         supervisor.stop()
-        result.failures.extend(compare.summarize(compare_pg(plan, side, files, target_dsn, options.sinks)))
+        result.failures.extend(compare.summarize(compare_pg(plan, side, files, target_dsn, options.sinks,
+                                                            daemon.events(all_runs=True))))
     result.seconds = time.monotonic() - started
     return result
 
 
-def compare_pg(plan: Plan, side: PgSide, files: JobFiles, target_dsn: str, sinks: Collection[str]) -> list[Any]:
-    """The oracle against the source, then every sink against the oracle."""
+def compare_pg(plan: Plan, side: PgSide, files: JobFiles, target_dsn: str, sinks: Collection[str],
+               events: Sequence[dict[str, Any]]) -> list[Any]:
+    """The oracle against the source, then every sink against the oracle (and its loss warnings in
+    the daemon's log `events`)."""
     out: list[Any] = []
     file_state, anomalies = file_tables(files.root / "file") if "file" in sinks else ({}, [])
     out.extend(anomalies)
@@ -306,6 +309,7 @@ def compare_pg(plan: Plan, side: PgSide, files: JobFiles, target_dsn: str, sinks
                 continue
             out.extend(_missing_columns(sink, table, present, actual))
             out.extend(diff_rows(sink, table, expected, actual, present))
+            out.extend(check_logged_losses("pg", sink, f"public.{table}", kinds, oracle, events))
     return out
 
 
@@ -364,7 +368,8 @@ def run_mysql_seed(servers: Servers, seed: int, work: Path, options: RunOptions 
 
         _wait(caught_up, options.catch_up_s, supervisor, "every sink to hold the marker committed after the workload")
         supervisor.stop()
-        result.failures.extend(compare.summarize(compare_mysql(plan, side, files, target_dsn, options.sinks)))
+        result.failures.extend(compare.summarize(compare_mysql(plan, side, files, target_dsn, options.sinks,
+                                                               daemon.events(all_runs=True))))
     result.seconds = time.monotonic() - started
     return result
 
@@ -386,8 +391,9 @@ def _my_select(family: MyFamily) -> str:
     return f"CAST({column} AS DOUBLE)" if family.kind == "float" else column
 
 
-def compare_mysql(plan: Plan, side: MySide, files: JobFiles, target_dsn: str, sinks: Collection[str]) -> list[Any]:
-    """Every sink against the MariaDB source's SELECT."""
+def compare_mysql(plan: Plan, side: MySide, files: JobFiles, target_dsn: str, sinks: Collection[str],
+                  events: Sequence[dict[str, Any]]) -> list[Any]:
+    """Every sink against the MariaDB source's SELECT (and its loss warnings in the daemon's log `events`)."""
     out: list[Any] = []
     file_state, anomalies = file_tables(files.root / "file") if "file" in sinks else ({}, [])
     out.extend(anomalies)
@@ -409,12 +415,15 @@ def compare_mysql(plan: Plan, side: MySide, files: JobFiles, target_dsn: str, si
             elif sink == "duckdb":
                 actual = duckdb_table(files.root / "wh.duckdb", side.database, table, storage=False)
             else:
-                actual = _pg_python(target_dsn, side.database, table)
+                actual = _pg_python(target_dsn, side.database, table,
+                                    [f.column for f in families if f.kind == "time"])
             if actual is None:
                 out.append(f"{sink} {table}: the table does not exist")
                 continue
             out.extend(_missing_columns(sink, table, columns, actual))
             out.extend(diff_rows(sink, table, expected, actual, columns))
+            kinds = {c: (_my_kind(by_column, c)[0], False) for c in columns}
+            out.extend(check_logged_losses("mysql", sink, f"{side.database}.{table}", kinds, oracle, events))
     return out
 
 
@@ -426,15 +435,20 @@ def _my_kind(families: dict[str, MyFamily], column: str) -> tuple[str, tuple[str
     return ("decimal", ()) if column == ADDED_COLUMN else ("int" if column == "id" else "text", ())
 
 
-def _pg_python(dsn: str, schema: str, table: str) -> dict[int, dict[str, Any]] | None:
-    """The PostgreSQL target's table as psycopg's Python values (binary: a real is its exact float32)."""
-    with psycopg.connect(dsn, autocommit=True, options="-c timezone=UTC") as conn:
+def _pg_python(dsn: str, schema: str, table: str, as_text: Collection[str] = ()) -> dict[int, dict[str, Any]] | None:
+    """The PostgreSQL target's table as psycopg's Python values (binary: a real is its exact float32),
+    the columns `as_text` as their text under ``intervalstyle=postgres`` (an interval's hours stay
+    hours: ``-838:59:59``, where a `timedelta` would not tell it from ``-34 days -22:59:59``)."""
+    with psycopg.connect(dsn, autocommit=True, options="-c timezone=UTC -c intervalstyle=postgres") as conn:
         try:
             cur = conn.cursor(binary=True)
-            cur.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(schema, table)))
+            texts = [sql.SQL("{}::text").format(sql.Identifier(c)) for c in as_text]
+            cur.execute(sql.SQL("SELECT {} FROM {}").format(
+                sql.SQL(", ").join([sql.SQL("*"), *texts]), sql.Identifier(schema, table)))
         except psycopg.errors.UndefinedTable:
             return None
         names = [d.name for d in cur.description or ()]
+        names[len(names) - len(texts):] = list(as_text)  # the texts replace the binary values (later keys win)
         rows = cur.fetchall()
     key = names.index("id")
     return {int(r[key]): {n: v for n, v in zip(names, r, strict=True) if not n.startswith("_cdc_")} for r in rows}

@@ -31,7 +31,8 @@ METADATA_PREFIX = "_cdc_"
 def file_tables(path: Path) -> tuple[dict[str, Rows], list[str]]:
     """``{"schema.table": {id: after-row}}`` from the file sink's durable events, and the anomalies
     seen on the way: an ``after`` image holding the placeholder under REPLICA IDENTITY FULL (the
-    old row had the value, docs/types.md) or an event id seen twice with different content."""
+    source fills an unchanged TOASTed value from the old row there, also when the key changes)
+    or an event id seen twice with different content."""
     state: dict[str, Rows] = {}
     anomalies: list[str] = []
     seen: dict[str, Any] = {}
@@ -53,10 +54,9 @@ def file_tables(path: Path) -> tuple[dict[str, Rows], list[str]]:
             row = {}
             for column, value in after.items():
                 if value == UNAVAILABLE:
-                    old_value = None if before is None else before.get(column)
-                    if table.endswith("t_full") and old_value not in (None, UNAVAILABLE):
+                    if table.endswith("t_full"):
                         anomalies.append(f"file {table}: {column} is the unavailable placeholder in `after` "
-                                         "although the old row (REPLICA IDENTITY FULL) carried the value")
+                                         "although under REPLICA IDENTITY FULL the source fills it from the old row")
                     row[column] = stored.get(column)
                 else:
                     row[column] = value
@@ -68,14 +68,27 @@ def file_tables(path: Path) -> tuple[dict[str, Rows], list[str]]:
     return state, anomalies
 
 
-def _storage_view(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Dates, times and timestamps as the integers Arrow stores; other columns as they are."""
-    t = column.type
+def _storage_type(t: pa.DataType) -> pa.DataType | None:
+    """The integer type Arrow stores a date, time or timestamp (or a list of them) as; None for others."""
     if pa.types.is_date32(t):
-        return pa.chunked_array([c.view(pa.int32()) for c in column.chunks], pa.int32())
+        return pa.int32()
     if pa.types.is_timestamp(t) or pa.types.is_time64(t):
-        return pa.chunked_array([c.view(pa.int64()) for c in column.chunks], pa.int64())
-    return column
+        return pa.int64()
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        inner = _storage_type(t.value_type)
+        if inner is None:
+            return None
+        return pa.large_list(inner) if pa.types.is_large_list(t) else pa.list_(inner)
+    return None
+
+
+def _storage_view(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Dates, times and timestamps (also as list elements) as the integers Arrow stores; other
+    columns as they are."""
+    storage = _storage_type(column.type)
+    if storage is None:
+        return column
+    return pa.chunked_array([c.view(storage) for c in column.chunks], storage)
 
 
 def arrow_rows(table: pa.Table, *, storage: bool) -> Rows:

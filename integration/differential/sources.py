@@ -172,7 +172,9 @@ def pg_read(dsn: str, schema: str, table: str, columns: Iterable[str], arrays: I
             if c in listed:
                 exprs.append(sql.SQL("to_json({}::text[])").format(ident))
             else:
-                exprs.append(sql.SQL("CASE WHEN {} IS NULL THEN NULL ELSE format('%s', {}) END").format(ident, ident))
+                # num_nulls, not IS NULL: a composite whose fields are all NULL, '(,)', IS NULL in SQL.
+                exprs.append(sql.SQL("CASE WHEN num_nulls({}) = 1 THEN NULL ELSE format('%s', {}) END").format(
+                    ident, ident))
         query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(exprs), sql.Identifier(schema, table))
         rows = conn.execute(query).fetchall()
     out: Rows = {}
