@@ -222,7 +222,8 @@ class SnapshotProgress:
         Resuming, `held` is the snapshot position ``(commit, seq)`` every sink holds: a chunk
         whose rows the initial snapshot made durable only in part resumes after its last
         durable row (`Chunk.after`), so no row is written twice under another event id; a
-        chunk whose end is durable is done.
+        chunk whose end is durable is done. Marks of rows no sink holds are dropped from the
+        entry (the caller saves it), so a later resume cannot take them for held.
         """
         entry = self.tables.get(t.name)
         if entry is not None and entry.get("status") == "running":
@@ -233,9 +234,15 @@ class SnapshotProgress:
             point = entry.get("point")
             for i, c in enumerate(plan):
                 marks = pieces.get(str(c.number), [])
-                if c.number in t.done or held is None or point is None or not marks:
+                if c.number in t.done or point is None or not marks:
                     continue
-                durable = [m for m in marks if (int(point), int(m[0])) <= held]
+                durable = [] if held is None else [m for m in marks if (int(point), int(m[0])) <= held]
+                # Forget the marks of rows no sink holds: a later resume, whose sinks hold a
+                # streaming position past every snapshot position, must not take them for held.
+                if durable:
+                    pieces[str(c.number)] = durable
+                else:
+                    del pieces[str(c.number)]
                 if any(m[1] is None for m in durable):  # its end mark: every row is held
                     self.chunk_done(t, c.number, sum(int(m[2]) for m in durable))
                     t.done.add(c.number)
